@@ -1,0 +1,282 @@
+"""Command line of the BIDS App: ``bidsreface bids_dir output_dir {participant,group}``.
+
+Every invalid value ends as a one-line :class:`~bidsreface.errors.UsageError` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from bidsreface import __version__
+from bidsreface.config import Settings
+from bidsreface.errors import UsageError
+
+#: Anatomical suffixes of BIDS 1.9 (non-parametric, parametric and file collections).
+ANAT_SUFFIXES = (
+    "T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio",
+    "T2star", "FLASH", "PD",
+    "T1map", "R1map", "T2map", "R2map", "T2starmap", "R2starmap", "PDmap", "MTRmap", "MTsat",
+    "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
+    "MP2RAGE", "MPM", "MTS", "MTR", "VFA", "IRT1", "MESE", "MEGRE",
+)  # fmt: skip
+
+#: Refacing methods accepted on the command line; only ``none`` runs in this version.
+REFACE_CHOICES = ("cgan", "template", "none")
+REFACE_AVAILABLE = ("none",)
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` that raises :class:`UsageError` instead of exiting."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parse_label(value: str, prefix: str) -> str:
+    """Return a BIDS label without its ``<prefix>-`` (``sub``, ``ses``).
+
+    >>> parse_label("sub-01", "sub")
+    '01'
+    >>> parse_label("01", "sub")
+    '01'
+    >>> parse_label("ses-pre", "ses")
+    'pre'
+    >>> parse_label("sub-01_T1w", "sub")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: invalid sub label 'sub-01_T1w' (letters and digits only)
+    """
+    label = value.strip()
+    if label.startswith(f"{prefix}-"):
+        label = label[len(prefix) + 1 :]
+    if not _LABEL_RE.match(label):
+        raise argparse.ArgumentTypeError(
+            f"invalid {prefix} label {value!r} (letters and digits only)"
+        )
+    return label
+
+
+def _participant_label(value: str) -> str:
+    return parse_label(value, "sub")
+
+
+def _session_label(value: str) -> str:
+    return parse_label(value, "ses")
+
+
+def _suffix(value: str) -> str:
+    if value not in ANAT_SUFFIXES:
+        lower = {s.lower(): s for s in ANAT_SUFFIXES}
+        hint = f" (did you mean {lower[value.lower()]}?)" if value.lower() in lower else ""
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an anatomical BIDS suffix{hint}; "
+            f"choose from {' '.join(ANAT_SUFFIXES)}"
+        )
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if not 0 <= number < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {number}")
+    return number
+
+
+def _finite_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _finite_float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return number
+
+
+def _margin(value: str) -> float:
+    number = _finite_float(value)
+    if number < 5.0:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 5 mm (the brain is always kept 5 mm away from the face mask), "
+            f"got {value}"
+        )
+    return number
+
+
+def _abspath(value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def load_bids_filters(path: Path) -> dict:
+    """Read a ``--bids-filter-file``: a JSON object ``{suffix: {entity: value}}``."""
+    try:
+        filters = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--bids-filter-file {path}: cannot read it ({err})") from err
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({err})") from err
+    if not isinstance(filters, dict):
+        raise UsageError(f"--bids-filter-file {path}: must contain a JSON object")
+    for key, value in filters.items():
+        if not isinstance(value, dict):
+            raise UsageError(
+                f"--bids-filter-file {path}: the value of {key!r} must be a JSON object "
+                f"of entity filters"
+            )
+    return filters
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    """Whether ``path`` is ``parent`` or inside it (both absolute and resolved)."""
+    return path == parent or parent in path.parents
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the BIDS App (errors raise :class:`UsageError`)."""
+    parser = _Parser(
+        prog="bidsreface",
+        description="De-identify the head MRI of a BIDS dataset: deface, then reface.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=_abspath, help="root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=_abspath, help="where derivatives are written")
+    parser.add_argument(
+        "analysis_level", choices=("participant", "group"), help="processing stage"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"bidsreface {__version__}"
+    )
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                        help="more log messages (repeat for more)")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                     type=_participant_label, metavar="LABEL",
+                     help="participants to process (01 or sub-01); default: all")
+    sel.add_argument("--session-label", "--session_label", nargs="+", default=[],
+                     type=_session_label, metavar="LABEL",
+                     help="sessions to process (1 or ses-1); default: all")
+    sel.add_argument("--suffixes", nargs="+", default=["T1w"], type=_suffix, metavar="SUFFIX",
+                     help="anatomical suffixes to de-identify")
+    sel.add_argument("--bids-filter-file", type=_abspath, metavar="FILE",
+                     help='JSON object of pybids filters per suffix, e.g. '
+                          '{"t1w": {"acquisition": "mprage"}}')
+    sel.add_argument("--skip-bids-validation", action="store_true",
+                     help="index the dataset without BIDS validation")
+
+    perf = parser.add_argument_group("resources")
+    perf.add_argument("-w", "--work-dir", type=_abspath, metavar="DIR",
+                      help="intermediate files (default: bidsreface_work in the temp dir)")
+    perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
+                      help="processes run in parallel (default: all CPUs)")
+    perf.add_argument("--omp-nthreads", type=_positive_int, metavar="N",
+                      help="threads per process (default: min(nprocs, 8))")
+    perf.add_argument("--mem-gb", type=_positive_float, metavar="GB",
+                      help="memory limit for the scheduler")
+    perf.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="where the generator runs")
+    perf.add_argument("--random-seed", type=_seed, default=0, metavar="SEED",
+                      help="seed of every random generator")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--reface", choices=REFACE_CHOICES, default="none",
+                        help="how the removed face is filled (only 'none' in this version)")
+    method.add_argument("--deface-ears", action="store_true", help="remove the ears too")
+    method.add_argument("--brain-margin-mm", type=_margin, default=5.0, metavar="MM",
+                        help="distance kept between the brain and the face mask (>= 5)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Parse and check the command line; return the run's :class:`Settings`.
+
+    Raises
+    ------
+    UsageError
+        For every invalid argument, with a one-line message.
+    """
+    opts = build_parser().parse_args(argv)
+    bids_dir: Path = opts.bids_dir
+    output_dir: Path = opts.output_dir
+
+    if not bids_dir.exists():
+        raise UsageError(f"bids_dir {bids_dir} does not exist")
+    if not bids_dir.is_dir():
+        raise UsageError(f"bids_dir {bids_dir} is not a directory")
+
+    derivatives = bids_dir / "derivatives"
+    if _is_within(output_dir, bids_dir) and output_dir.parent != derivatives:
+        raise UsageError(
+            f"output_dir {output_dir} is inside bids_dir {bids_dir}, which is never written to; "
+            f"use {derivatives / 'bidsreface'} or a directory outside the dataset"
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"output_dir {output_dir} exists and is not a directory")
+
+    work_dir = opts.work_dir or Path(tempfile.gettempdir()).resolve() / "bidsreface_work"
+    if _is_within(work_dir, bids_dir):
+        raise UsageError(
+            f"work directory {work_dir} is inside bids_dir {bids_dir}, which is never written "
+            f"to; choose another with -w/--work-dir"
+        )
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UsageError(f"work directory {work_dir} exists and is not a directory")
+
+    if opts.reface not in REFACE_AVAILABLE:
+        raise UsageError(
+            f"--reface {opts.reface}: refacing is not available yet in this version of "
+            f"bidsreface ({__version__}); use --reface none (defacing only)"
+        )
+
+    bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
+
+    nprocs = opts.nprocs or os.cpu_count() or 1
+    omp_nthreads = opts.omp_nthreads or min(nprocs, 8)
+
+    return Settings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=opts.analysis_level,
+        work_dir=work_dir,
+        participant_label=tuple(dict.fromkeys(opts.participant_label)),
+        session_label=tuple(dict.fromkeys(opts.session_label)),
+        suffixes=tuple(dict.fromkeys(opts.suffixes)),
+        bids_filters=bids_filters,
+        nprocs=nprocs,
+        omp_nthreads=omp_nthreads,
+        mem_gb=opts.mem_gb,
+        skip_bids_validation=opts.skip_bids_validation,
+        random_seed=opts.random_seed,
+        device=opts.device,
+        reface=opts.reface,
+        deface_ears=opts.deface_ears,
+        brain_margin_mm=opts.brain_margin_mm,
+        verbosity=opts.verbosity,
+    )

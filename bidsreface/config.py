@@ -1,0 +1,56 @@
+"""Run settings: one frozen dataclass, built by the parser and passed explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Identifying sidecar fields that never reach an output (any ``Patient*`` key is dropped too).
+IDENTIFYING_FIELDS = (
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "AcquisitionDateTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "SeriesDate",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, validated by :mod:`bidsreface.cli.parser`."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ("T1w",)
+    bids_filters: dict = field(default_factory=dict)
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    skip_bids_validation: bool = False
+    random_seed: int = 0
+    device: str = "auto"
+    reface: str = "none"
+    deface_ears: bool = False
+    brain_margin_mm: float = 5.0
+    verbosity: int = 0

@@ -1,0 +1,205 @@
+"""Container recipes and CI configuration: linted, validated and kept in step with each other.
+
+The Dockerfile and Singularity.def must build the same software (base image, torch pin,
+package extras) and both start ``bidsreface``. ``hadolint`` and ``check-jsonschema`` are test
+dependencies (``pip install ".[test]"``): when they are missing the tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+SINGULARITY = ROOT / "Singularity.def"
+CIRCLECI = ROOT / ".circleci" / "config.yml"
+
+#: Sections a Singularity/Apptainer definition of a BIDS App must have.
+REQUIRED_SECTIONS = ("post", "runscript", "environment", "labels")
+
+
+def _tool(name: str) -> str:
+    """Path of a test-dependency executable: next to this interpreter first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"{name!r} not found next to {sys.executable} nor on PATH: "
+            'install the test extra (pip install ".[test]")'
+        )
+    return found
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run ``argv`` in the repository root; fail the test with its output on a non-zero exit."""
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} exited with {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+    return proc
+
+
+def parse_dockerfile(text: str) -> list[tuple[str, str]]:
+    """Instructions of a Dockerfile as ``(INSTRUCTION, arguments)``.
+
+    Continuation lines are joined and comments dropped, as Docker does.
+
+    >>> parse_dockerfile('FROM x\\n# c\\nRUN a \\\\\\n  # inner\\n  && b\\nENTRYPOINT ["y"]\\n')
+    [('FROM', 'x'), ('RUN', 'a && b'), ('ENTRYPOINT', '["y"]')]
+    """
+    instructions = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].rstrip() + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), " ".join(args.split())))
+    if pending:
+        keyword, _, args = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), " ".join(args.split())))
+    return instructions
+
+
+def parse_singularity(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Header keywords and ``%sections`` of a Singularity/Apptainer definition file.
+
+    >>> header, sections = parse_singularity(
+    ...     "Bootstrap: docker\\nFrom: debian\\n\\n%post\\n    apt-get update\\n"
+    ...     "%runscript\\n    exec app \\"$@\\"\\n")
+    >>> header
+    {'Bootstrap': 'docker', 'From': 'debian'}
+    >>> sections["runscript"]
+    'exec app "$@"'
+    """
+    header: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in text.splitlines():
+        match = re.match(r"^%(\w+)\b", raw)
+        if match:
+            name = match.group(1)
+            if name in sections:
+                raise ValueError(f"section %{name} appears twice")
+            current = sections[name] = []
+        elif current is not None:
+            current.append(raw)
+        elif raw.strip() and not raw.lstrip().startswith("#"):
+            key, sep, value = raw.partition(":")
+            if not sep:
+                raise ValueError(f"header line is not 'Keyword: value': {raw!r}")
+            header[key.strip()] = value.strip()
+    bodies = {name: "\n".join(body).strip() for name, body in sections.items()}
+    return header, bodies
+
+
+def _torch_pins(text: str) -> set[str]:
+    """Every ``torch==X`` pin in a recipe."""
+    return set(re.findall(r"(?<![\w-])torch==([\w.+]+)", text))
+
+
+def _package_extras(text: str) -> set[frozenset[str]]:
+    """Extras of every ``pip install <path>/bidsreface[extras]`` in a recipe."""
+    installs = re.findall(r"pip install[^\n]*?[\"']?\S*bidsreface\[([\w,\s-]+)\]", text)
+    return {frozenset(extra.strip() for extra in found.split(",")) for found in installs}
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def singularity() -> tuple[dict[str, str], dict[str, str]]:
+    return parse_singularity(SINGULARITY.read_text())
+
+
+def test_hadolint_no_warnings():
+    _run([_tool("hadolint"), "--no-color", "--failure-threshold", "warning", str(DOCKERFILE)])
+
+
+def test_circleci_config_valid():
+    # The CircleCI schema ships inside check-jsonschema: this needs no network.
+    _run([_tool("check-jsonschema"), "--builtin-schema", "vendor.circle-ci", str(CIRCLECI)])
+
+
+def test_dockerfile_entrypoint_is_bidsreface(dockerfile):
+    entrypoints = [args for keyword, args in dockerfile if keyword == "ENTRYPOINT"]
+    assert entrypoints, "Dockerfile has no ENTRYPOINT"
+    assert json.loads(entrypoints[-1]) == ["bidsreface"]
+
+
+def test_dockerfile_runs_as_any_user(dockerfile):
+    """``docker run -u $(id -u)``: HOME and matplotlib's config must be writable by anyone."""
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    assert re.search(r"\bHOME=/tmp\b", env)
+    assert re.search(r"\bMPLCONFIGDIR=/tmp\S*", env)
+    assert re.search(r"\bPYTHONUNBUFFERED=1\b", env)
+    assert not [args for keyword, args in dockerfile if keyword == "USER"]
+
+
+def test_singularity_sections(singularity):
+    header, sections = singularity
+    assert header.get("Bootstrap") == "docker"
+    assert header.get("From")
+    missing = [name for name in REQUIRED_SECTIONS if not sections.get(name)]
+    assert not missing, f"Singularity.def lacks or leaves empty: {missing}"
+    assert re.search(r'^exec bidsreface "\$@"$', sections["runscript"], re.MULTILINE)
+    assert "--nv" in sections.get("help", ""), "%help should show GPU use with --nv"
+
+
+def test_same_base_image(dockerfile, singularity):
+    froms = [args.split()[0] for keyword, args in dockerfile if keyword == "FROM"]
+    assert froms == [singularity[0]["From"]]
+
+
+def test_same_torch_pin(singularity):
+    docker_pins = _torch_pins(DOCKERFILE.read_text())
+    singularity_pins = _torch_pins(singularity[1]["post"])
+    assert len(docker_pins) == 1, f"Dockerfile torch pins: {docker_pins}"
+    assert docker_pins == singularity_pins
+
+
+def test_same_package_extras(singularity):
+    docker_extras = _package_extras(DOCKERFILE.read_text())
+    singularity_extras = _package_extras(singularity[1]["post"])
+    assert docker_extras == {frozenset({"demo"})}
+    assert docker_extras == singularity_extras
+
+
+def test_copied_sources_exist(dockerfile, singularity):
+    """What the recipes copy into the image must be in the repository."""
+    sources = []
+    for keyword, args in dockerfile:
+        if keyword in {"COPY", "ADD"}:
+            sources += [word for word in args.split()[:-1] if not word.startswith("--")]
+    sources += [
+        line.split()[0]
+        for line in singularity[1].get("files", "").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert sources
+    missing = sorted({source for source in sources if not (ROOT / source).exists()})
+    assert not missing, f"copied into the image but not in the repository: {missing}"
+
+
+def test_console_script_declared():
+    """The ENTRYPOINT and %runscript name a console script that pyproject.toml declares."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^bidsreface\s*=\s*"bidsreface\.cli\.run:main"', pyproject, re.MULTILINE)
