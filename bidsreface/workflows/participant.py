@@ -1,0 +1,101 @@
+"""The participant workflow: register, mask and deface every selected image."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from nipype.pipeline import engine as pe
+
+from ..bids import AnatImage
+from ..config import Settings
+
+REFERENCE_SUFFIX = "T1w"
+
+
+def node_key(image: AnatImage) -> str:
+    """A node-name-safe key for an image, unique within its participant.
+
+    >>> node_key(AnatImage.from_path("/d/sub-01/ses-1/anat/sub-01_ses-1_run-2_T1w.nii.gz"))
+    'ses_1_run_2_T1w'
+    """
+    stem = image.path.name.split(".")[0]
+    stem = stem[len(f"sub-{image.subject}_"):]
+    return re.sub(r"[^0-9a-zA-Z]+", "_", stem)
+
+
+def session_references(images: list[AnatImage]) -> dict[AnatImage, AnatImage | None]:
+    """For each image, the T1w of its session that it follows (None: the template).
+
+    >>> imgs = [AnatImage.from_path(f"/d/sub-1/anat/sub-1_{s}.nii.gz") for s in ("T2w", "T1w")]
+    >>> [(i.suffix, r.suffix if r else None) for i, r in session_references(imgs).items()]
+    [('T2w', 'T1w'), ('T1w', None)]
+    """
+    firsts: dict[str | None, AnatImage] = {}
+    for image in sorted(images, key=lambda i: i.path.name):
+        if image.suffix == REFERENCE_SUFFIX:
+            firsts.setdefault(image.session, image)
+    return {image: (None if image.suffix == REFERENCE_SUFFIX else firsts.get(image.session))
+            for image in images}
+
+
+def init_participant_wf(subject: str, images: list[AnatImage], settings: Settings,
+                        name: str | None = None) -> pe.Workflow:
+    """Deface every image of one participant.
+
+    Each image gets a registration node (to the template, or rigidly to its session's T1w),
+    a defacing node and a derivatives sink ``ds_<key>``.
+
+    Inputs
+    ------
+    None: the images are fixed when the workflow is built.
+
+    Outputs
+    -------
+    Written by the sinks under ``settings.output_dir``; crash files go to
+    ``<output_dir>/sub-<label>/log``.
+    """
+    from ..interfaces.bids import DerivativesSink
+    from ..interfaces.deface import DefaceImage, RegisterImage
+
+    workflow = pe.Workflow(name=name or f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf")
+    workflow.config["execution"] = {
+        "crashdump_dir": str(settings.output_dir / f"sub-{subject}" / "log"),
+        "crashfile_format": "txt",
+    }
+    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+                if k in ("deface_ears", "brain_margin_mm", "reface", "random_seed")}
+    registrations = {}
+    references = session_references(images)
+    # references first, so that followers can connect to their node
+    for image in sorted(images, key=lambda i: references[i] is not None):
+        key = node_key(image)
+        register = pe.Node(
+            RegisterImage(in_file=str(image.path), omp_nthreads=settings.omp_nthreads,
+                          seed=settings.random_seed),
+            name=f"register_{key}", n_procs=settings.omp_nthreads, mem_gb=1.0)
+        reference = references[image]
+        if reference is not None and reference in registrations:
+            register.inputs.reference_file = str(reference.path)
+            workflow.connect([
+                (registrations[reference], register, [("matrix_file", "reference_matrix"),
+                                                      ("distance_file", "reference_distance")]),
+            ])  # fmt: skip
+        registrations[image] = register
+        deface = pe.Node(
+            DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                        brain_margin_mm=settings.brain_margin_mm),
+            name=f"deface_{key}", mem_gb=1.5)
+        sink = pe.Node(
+            DerivativesSink(source_file=str(image.path), bids_dir=str(settings.bids_dir),
+                            output_dir=str(settings.output_dir), settings=recorded),
+            name=f"ds_{key}", run_without_submitting=True, mem_gb=1.0)
+        workflow.connect([
+            (register, deface, [("matrix_file", "matrix_file"),
+                                ("distance_file", "distance_file")]),
+            (register, sink, [("metrics_file", "registration_file")]),
+            (deface, sink, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
+                            ("metrics_file", "mask_metrics_file")]),
+        ])  # fmt: skip
+    return workflow
