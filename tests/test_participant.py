@@ -78,7 +78,7 @@ def test_defaced_image(run, rel):
     assert out_img.get_data_dtype() == raw_img.get_data_dtype()
     assert np.array_equal(out_img.affine, raw_img.affine)
     raw_hdr, out_hdr = raw_img.header, out_img.header
-    for key in raw_hdr.keys():
+    for key in raw_hdr:
         if key != "descrip":
             assert np.array_equal(raw_hdr[key], out_hdr[key]) or (
                 np.isnan(raw_hdr[key]).all() and np.isnan(out_hdr[key]).all()), key

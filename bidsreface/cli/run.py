@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure_nipype(settings) -> None:
-    from nipype import config, logging as nlogging
+    from nipype import config
+    from nipype import logging as nlogging
 
     config.set("execution", "poll_sleep_duration", "0.01")
     config.set("execution", "crashfile_format", "txt")

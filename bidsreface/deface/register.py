@@ -278,7 +278,7 @@ def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_dat
 def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
                        registration: Registration, *, omp_nthreads: int = 1,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Distance to the template brain (template mm), on the image's own grid at ``DISTANCE_MAP_MM``.
+    """Distance to the template brain (template mm) on the image's grid at ``DISTANCE_MAP_MM``.
 
     The template brain's distance map is carried through the affine *and* a short SyN
     refinement, so the brain guard follows this head's brain shape rather than the

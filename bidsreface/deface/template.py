@@ -57,5 +57,5 @@ def load_template() -> Template:
     masks = {k: np.asarray(read(f"desc-{k}_mask").dataobj) > 0 for k in
              ("head", "brain", "face", "ears")}
     description = json.loads((root / "template_description.json").read_text())
-    return Template(t1w=t1w.get_fdata(dtype=np.float32), affine=t1w.affine, description=description,
-                    **masks)
+    return Template(t1w=t1w.get_fdata(dtype=np.float32), affine=t1w.affine,
+                    description=description, **masks)
