@@ -26,6 +26,7 @@ import importlib.resources
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -219,22 +220,26 @@ def brainsmall_brain_mask(img: nib.Nifti1Image) -> nib.Nifti1Image:
     fixed_low = ants.resample_image(fixed, low, False, 0)
     valid_low = ants.resample_image(fixed_valid, low, False, 1)
     moving_low = ants.resample_image(moving, low, False, 0)
-    affine = ants.registration(
-        fixed_low, moving_low, type_of_transform="Affine", mask=valid_low, aff_metric="mattes"
-    )
-    syn = ants.registration(
-        fixed_low,
-        moving_low,
-        type_of_transform="SyNOnly",
-        mask=valid_low,
-        initial_transform=affine["fwdtransforms"][0],
-        syn_metric="CC",
-        syn_sampling=2,
-        reg_iterations=(40, 20, 0),
-    )
-    warped = ants.apply_transforms(
-        fixed, moving_mask, syn["fwdtransforms"], interpolator="linear"
-    ).numpy()
+    with tempfile.TemporaryDirectory(prefix="bidsreface-demo-") as tmp:
+        affine = ants.registration(
+            fixed_low, moving_low, type_of_transform="Affine", mask=valid_low,
+            aff_metric="mattes", random_seed=1, outprefix=f"{tmp}/affine_",
+        )
+        syn = ants.registration(
+            fixed_low,
+            moving_low,
+            type_of_transform="SyNOnly",
+            mask=valid_low,
+            initial_transform=affine["fwdtransforms"][0],
+            syn_metric="CC",
+            syn_sampling=2,
+            reg_iterations=(40, 20, 0),
+            random_seed=1,
+            outprefix=f"{tmp}/syn_",
+        )
+        warped = ants.apply_transforms(
+            fixed, moving_mask, syn["fwdtransforms"], interpolator="linear"
+        ).numpy()
     return _mask_image(warped > 0.5, img.affine)
 
 
@@ -644,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nprocs", type=int, default=1, help="processes for bidsreface")
     parser.add_argument("--brainsmall", type=Path, default=None, help="brainsmall.den path")
     args = parser.parse_args(argv)
+    # before antspyx is first imported: reproducible registrations (bidsreface.cli.run.main)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
     try:
         brainsmall = find_brainsmall(args.brainsmall)

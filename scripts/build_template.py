@@ -122,10 +122,12 @@ def carry_brain_mask(template, head, brain) -> np.ndarray:
 
     fixed = _to_ants(template)
     moving = _to_ants(_squeeze(head))
-    reg = ants.registration(fixed, moving, type_of_transform="SyN", random_seed=SEED,
-                            aff_metric="mattes", syn_metric="mattes")
-    warped = ants.apply_transforms(fixed, _to_ants(_squeeze(brain)), reg["fwdtransforms"],
-                                   interpolator="linear")
+    with tempfile.TemporaryDirectory(prefix="bidsreface-template-") as tmp:
+        reg = ants.registration(fixed, moving, type_of_transform="SyN", random_seed=SEED,
+                                aff_metric="mattes", syn_metric="mattes",
+                                outprefix=f"{tmp}/reg_")
+        warped = ants.apply_transforms(fixed, _to_ants(_squeeze(brain)), reg["fwdtransforms"],
+                                       interpolator="linear")
     corr = np.corrcoef(reg["warpedmovout"].numpy().ravel(), fixed.numpy().ravel())[0, 1]
     print(f"  carried brain mask, correlation of the registered head: {corr:.3f}")
     return _from_ants(warped, template) > 0.5

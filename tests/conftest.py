@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# as `bidsreface` does at start-up: ITK reads its thread count when antspyx is first imported,
+# and only one thread gives reproducible registrations (see bidsreface.deface.register)
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

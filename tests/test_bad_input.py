@@ -43,6 +43,11 @@ def bad_dataset(real_dataset, tmp_path_factory):
     nb.save(nb.Nifti1Image(np.ones((32, 32, 32, 3), np.float32), affine), _anat(bids, "fourd"))
     nb.save(nb.Nifti1Image(np.full((32, 32, 32), np.nan, np.float32), affine),
             _anat(bids, "nan"))
+    # a valid image whose registration cannot succeed: the real head's voxels shuffled
+    head = nb.load(good)
+    shuffled = np.random.default_rng(0).permutation(np.asarray(head.dataobj).ravel())
+    nb.save(nb.Nifti1Image(shuffled.reshape(head.shape), head.affine, head.header),
+            _anat(bids, "scrambled"))
     return bids
 
 
@@ -60,6 +65,7 @@ EXPECTED = {
     "twod": "2D image",
     "fourd": "4D image with 3 volumes",
     "nan": "no finite value",
+    "scrambled": "registration failed its quality check",
 }
 
 

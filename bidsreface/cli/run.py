@@ -20,6 +20,8 @@ LOGGER = logging.getLogger("bidsreface")
 def main(argv: list[str] | None = None) -> int:
     """Run bidsreface; return the exit code."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")  # no update check over the network
+    # reproducible registrations: see bidsreface.deface.register._seed_ants
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     from .parser import parse_args
 
     try:

