@@ -336,11 +336,11 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
             to_ants(template.brain_distance_mm(), template.affine),
             syn["invtransforms"], interpolator="linear", defaultvalue=1e3)
         values = distance.numpy().astype(np.float32)
-    # the refinement may only move the guard within reason: never further than 3 mm
-    # (template) from where the affine alone puts it
+    # the refinement may shrink the guard by at most 3 mm (template) from where the affine
+    # alone puts it; it may grow it freely, which only protects more
     affine_only = _resample(template.brain_distance_mm(), template.affine,
                             np.linalg.inv(registration.matrix), out_shape, out_aff, cval=1e3)
-    values = np.clip(values, affine_only - 3.0, affine_only + 3.0)
+    values = np.minimum(values, affine_only + 3.0)
     return values, out_aff
 
 
