@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
@@ -104,21 +105,30 @@ def save_like(stored: np.ndarray, source: str | Path, out_path: str | Path, note
     stored = np.asarray(stored)
     if stored.size != int(np.prod(raw.shape)) or stored.dtype != dtype.newbyteorder("="):
         raise ValueError(f"stored values do not match {source}: {stored.dtype} {stored.shape}")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    opener = gzip.open if out_path.name.endswith(".gz") else open
-    kwargs = {"compresslevel": 1} if opener is gzip.open else {}
+    buffer = io.BytesIO()
+    header.write_to(buffer)
+    buffer.write(b"\0" * max(int(header.get_data_offset()) - buffer.tell(), 0))
+    buffer.write(stored.reshape(raw.shape).astype(dtype, copy=False).tobytes(order="F"))
+    return _write_atomic(Path(out_path), buffer.getbuffer())
+
+
+def _write_atomic(path: Path, content) -> Path:
+    """Write a NIfTI file's bytes, gzipped for ``.gz`` with no time or name in the gzip header
+    (the same image always gives the same bytes), through a temporary name and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with opener(tmp, "wb", **kwargs) as fobj:
-            header.write_to(fobj)
-            pad = int(header.get_data_offset()) - fobj.tell()
-            fobj.write(b"\0" * max(pad, 0))
-            fobj.write(stored.reshape(raw.shape).astype(dtype, copy=False).tobytes(order="F"))
-        os.replace(tmp, out_path)
+        with open(tmp, "wb") as raw_file:
+            if path.name.endswith(".gz"):
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw_file, compresslevel=1,
+                                   mtime=0) as fobj:
+                    fobj.write(content)
+            else:
+                raw_file.write(content)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return out_path
+    return path
 
 
 def save_mask(mask: np.ndarray, reference: str | Path, out_path: str | Path) -> Path:
@@ -129,16 +139,4 @@ def save_mask(mask: np.ndarray, reference: str | Path, out_path: str | Path) -> 
     out.set_sform(raw.header.get_sform(), code=int(raw.header["sform_code"]) or 1)
     out.header.set_xyzt_units(*raw.header.get_xyzt_units())
     out.header["descrip"] = f"face mask by bidsreface {__version__}".encode()
-    return _atomic_save(out, Path(out_path))
-
-
-def _atomic_save(img: nb.Nifti1Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
-    try:
-        nb.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(Path(out_path), out.to_bytes())

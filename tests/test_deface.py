@@ -70,3 +70,20 @@ def test_deface_sets_only_the_mask_to_background():
     assert out.dtype == stored.dtype
     assert (out[mask] == 1).all()  # background is the image minimum when it is above 0
     assert np.array_equal(out[~mask], stored[~mask])
+
+
+def test_outputs_are_byte_identical_across_runs(tmp_path, brainsmall_path):
+    """Same input, same seed: the defaced image and its mask are the same bytes."""
+    import nibabel as nb
+
+    from bidsreface.deface.pipeline import deface_file, register_file
+
+    source = tmp_path / "sub-01_T1w.nii.gz"
+    nb.save(load_brainsmall(brainsmall_path), source)
+    outputs = []
+    for run in ("a", "b"):
+        reg, distance = register_file(str(source), seed=0)
+        defaced, mask, _ = deface_file(str(source), reg.matrix, tmp_path / run,
+                                       brain_distance=distance)
+        outputs.append((defaced.read_bytes(), mask.read_bytes()))
+    assert outputs[0] == outputs[1]
