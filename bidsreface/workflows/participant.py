@@ -74,7 +74,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         register = pe.Node(
             RegisterImage(in_file=str(image.path), omp_nthreads=settings.omp_nthreads,
                           seed=settings.random_seed),
-            name=f"register_{key}", n_procs=settings.omp_nthreads, mem_gb=1.0)
+            name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         reference = references[image]
         if reference is not None and reference in registrations:
             register.inputs.reference_file = str(reference.path)

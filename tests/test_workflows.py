@@ -1,0 +1,32 @@
+"""The participant workflow graph, built without running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bidsreface.bids import AnatImage
+from bidsreface.config import Settings
+from bidsreface.workflows.participant import init_participant_wf
+
+
+def test_participant_graph(tmp_path):
+    names = ["ses-1/anat/sub-01_ses-1_T1w.nii.gz", "ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+             "ses-2/anat/sub-01_ses-2_FLAIR.nii.gz"]
+    for name in names:  # the interfaces check that their input files exist
+        (tmp_path / "sub-01" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sub-01" / name).touch()
+    images = [AnatImage.from_path(tmp_path / "sub-01" / n) for n in names]
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant", work_dir=tmp_path / "work")
+    wf = init_participant_wf("01", images, settings)
+    nodes = set(wf.list_node_names())
+    assert nodes == {f"{step}_{key}" for step in ("register", "deface", "ds")
+                     for key in ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR")}
+    graph = wf._graph
+    t1w, t2w, flair = (wf.get_node(f"register_{k}") for k in
+                       ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR"))
+    # the T2w follows its session's T1w; the FLAIR has no T1w in its session: template
+    assert graph.has_edge(t1w, t2w)
+    assert not any(graph.has_edge(n, flair) for n in graph.nodes)
+    assert Path(wf.get_node("ds_ses_1_T1w").config["execution"]["crashdump_dir"]) == (
+        tmp_path / "out" / "sub-01" / "log")
