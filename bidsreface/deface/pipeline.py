@@ -21,7 +21,7 @@ from .register import (
 from .template import load_template
 
 
-def register_file(in_file: str, *, omp_nthreads: int = 1, seed: int = 0):
+def register_file(in_file: str, *, seed: int = 0):
     """Register an image to the template; raise if the registration fails its check.
 
     Returns the registration and the brain distance map on the image's 3 mm grid
@@ -30,18 +30,16 @@ def register_file(in_file: str, *, omp_nthreads: int = 1, seed: int = 0):
     img = load_image(in_file)
     data = np.asanyarray(img.dataobj)
     template = load_template()
-    reg = register_to_template(data, img.affine, template, omp_nthreads=omp_nthreads,
-                               seed=seed)
+    reg = register_to_template(data, img.affine, template, seed=seed)
     reg.metrics["reference"] = "template"
     require_ok(reg, in_file)
-    distance = brain_distance_map(data, img.affine, template, reg, omp_nthreads=omp_nthreads,
-                                  seed=seed)
+    distance = brain_distance_map(data, img.affine, template, reg, seed=seed)
     return reg, distance
 
 
 def register_file_to_reference(in_file: str, reference_file: str, reference_matrix: np.ndarray,
                                reference_distance: tuple[np.ndarray, np.ndarray], *,
-                               omp_nthreads: int = 1, seed: int = 0):
+                               seed: int = 0):
     """Register another contrast rigidly to its session's T1w and chain the T1w's template fit.
 
     The result maps template mm to this image's mm, so the same face mask (and the same brain
@@ -49,7 +47,7 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
     """
     img, ref = load_image(in_file), load_image(reference_file)
     rigid = register_rigid(np.asanyarray(img.dataobj), img.affine, np.asanyarray(ref.dataobj),
-                           ref.affine, omp_nthreads=omp_nthreads, seed=seed)
+                           ref.affine, seed=seed)
     require_ok(rigid, in_file)
     reg = Registration(rigid.matrix @ reference_matrix,
                        {**{f"rigid_{k}": v for k, v in rigid.metrics.items()},

@@ -194,7 +194,6 @@ def register_to_template(
     affine: np.ndarray,
     template: Template,
     *,
-    omp_nthreads: int = 1,
     seed: int = 0,
     starts=STARTS_DEG,
 ) -> Registration:
@@ -210,7 +209,7 @@ def register_to_template(
     moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
     moving = moving / max(float(np.percentile(moving, 99.5)), 1e-6)
     fixed_n = fixed / max(float(np.percentile(fixed, 99.5)), 1e-6)
-    return _register(fixed_n, fixed_head, fixed_aff, moving, moving_aff, omp_nthreads, seed,
+    return _register(fixed_n, fixed_head, fixed_aff, moving, moving_aff, seed,
                      starts, "Affine", moving_valid=valid_mask(data, affine))
 
 
@@ -245,8 +244,8 @@ def _seed_ants(seed: int):
     return ants
 
 
-def _register(fixed, fixed_head, fixed_aff, moving, moving_aff, omp_nthreads, seed, starts,
-              kind, moving_valid=None) -> Registration:
+def _register(fixed, fixed_head, fixed_aff, moving, moving_aff, seed, starts, kind,
+              moving_valid=None) -> Registration:
     ants = _seed_ants(seed)
     extra = {}
     if moving_valid is not None and not moving_valid.all():
@@ -289,15 +288,14 @@ def _compose(transforms: list[str], init_path: str, start: np.ndarray) -> np.nda
 
 
 def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_data: np.ndarray,
-                   fixed_affine: np.ndarray, *, omp_nthreads: int = 1,
-                   seed: int = 0) -> Registration:
+                   fixed_affine: np.ndarray, *, seed: int = 0) -> Registration:
     """Rigid registration of another contrast to its session's T1w (mutual information)."""
     fixed, fixed_aff = downsample(np.asarray(fixed_data, np.float32), fixed_affine)
     moving, moving_aff = downsample(np.asarray(moving_data, np.float32), moving_affine)
     fixed_head = head_mask(fixed)
     reg = _register(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_head,
                     fixed_aff, moving / max(float(np.percentile(moving, 99.5)), 1e-6),
-                    moving_aff, omp_nthreads, seed, ((0.0, 0.0),), "Rigid")
+                    moving_aff, seed, ((0.0, 0.0),), "Rigid")
     # correlation means little across contrasts: judge on head overlap and rigidity only
     reason = []
     if reg.metrics["head_dice"] < MIN_HEAD_DICE:
@@ -310,7 +308,7 @@ def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_dat
 
 
 def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
-                       registration: Registration, *, omp_nthreads: int = 1,
+                       registration: Registration, *,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Distance to the template brain (template mm) on the image's grid at ``DISTANCE_MAP_MM``.
 

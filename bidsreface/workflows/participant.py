@@ -72,8 +72,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     for image in sorted(images, key=lambda i: references[i] is not None):
         key = node_key(image)
         register = pe.Node(
-            RegisterImage(in_file=str(image.path), omp_nthreads=settings.omp_nthreads,
-                          seed=settings.random_seed),
+            RegisterImage(in_file=str(image.path), seed=settings.random_seed),
             name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         reference = references[image]
         if reference is not None and reference in registrations:
