@@ -50,7 +50,8 @@ class Settings:
     skip_bids_validation: bool = False
     random_seed: int = 0
     device: str = "auto"
-    reface: str = "none"
+    reface: str = "cgan"
+    reface_model: Path | None = None
     deface_ears: bool = False
     brain_margin_mm: float = 5.0
     verbosity: int = 0

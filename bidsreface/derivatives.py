@@ -26,8 +26,10 @@ def failure_path(output_dir: Path, image: AnatImage) -> Path:
         image.path.name.split(".")[0] + "_failed.json")
 
 
-def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndarray) -> dict:
-    """Check a defaced image against its input; raise if anything outside the mask changed."""
+def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndarray,
+                   kind: str = "defaced") -> dict:
+    """Check a de-identified image against its input; raise if anything outside the mask
+    changed (``kind`` names the output in the message)."""
     raw, out = nb.load(raw_file), nb.load(defaced_file)
     problems = []
     if raw.shape != out.shape:
@@ -41,7 +43,7 @@ def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndar
     if changed_outside:
         problems.append(f"{changed_outside} voxels changed outside the deface mask")
     if problems:
-        raise RuntimeError(f"{raw_file}: defaced output failed verification: "
+        raise RuntimeError(f"{raw_file}: {kind} output failed verification: "
                            + "; ".join(problems))
     return {"changed_outside_mask": changed_outside,
             "changed_inside_mask": int(np.count_nonzero(a != b))}
@@ -59,11 +61,16 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str,
                         mask_file: str, registration: dict, mask_info: dict,
-                        settings: dict) -> dict:
-    """Verify and write ``desc-defaced``, ``defacemask``, sidecar, then the QC record."""
+                        settings: dict, refaced_file: str | None = None,
+                        reface_info: dict | None = None) -> dict:
+    """Verify and write ``desc-defaced``, ``defacemask``, ``desc-refaced`` (when refaced),
+    their sidecars, then the QC record."""
     output_dir = Path(output_dir)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     checks = verify_defaced(image.path, defaced_file, mask)
+    if refaced_file is not None:
+        refaced_checks = verify_defaced(image.path, refaced_file, mask, kind="refaced")
+        checks["refaced_changed_outside_mask"] = refaced_checks["changed_outside_mask"]
     defaced = derivative_path(output_dir, image, desc="defaced")
     mask_out = derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")
     _copy_atomic(Path(defaced_file), defaced)
@@ -74,13 +81,21 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
         "DefaceMask": rel(mask_out),
         "DefacedBy": {"Name": "bidsreface", "Version": __version__},
     })
+    outputs = {"defaced": rel(defaced), "mask": rel(mask_out)}
+    if refaced_file is not None:
+        refaced = derivative_path(output_dir, image, desc="refaced")
+        _copy_atomic(Path(refaced_file), refaced)
+        write_sidecar(derivative_path(output_dir, image, desc="refaced", extension=".json"),
+                      image, refaced_sidecar(reface_info or {}, rel(mask_out)))
+        outputs["refaced"] = rel(refaced)
     record = {
         "source": image.relpath,
         "suffix": image.suffix,
         "status": "ok",
-        "outputs": {"defaced": rel(defaced), "mask": rel(mask_out)},
+        "outputs": outputs,
         "registration": registration,
         "mask": mask_info,
+        "reface": reface_info or {"reface_method": "none"},
         "checks": checks,
         "settings": settings,
         "version": __version__,
@@ -90,12 +105,32 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
     return record
 
 
+def refaced_sidecar(info: dict, mask_rel: str) -> dict:
+    """The fields a ``desc-refaced`` sidecar adds to the scrubbed raw one."""
+    meta = {"DefaceMask": mask_rel,
+            "RefacedBy": {"Name": "bidsreface", "Version": __version__,
+                          "Method": info.get("reface_method")}}
+    if info.get("reface_method") == "cgan":
+        meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled by a "
+                               "3D conditional GAN (dropout on, seeded); every other voxel is "
+                               "the input's.")
+        meta["RefacedBy"].update(Model=info.get("model"), ModelSHA256=info.get("model_sha256"),
+                                 Seed=info.get("seed"))
+    else:
+        meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled with the "
+                               "template's face, intensity-matched; every other voxel is the "
+                               "input's.")
+    return meta
+
+
 def write_failure(image: AnatImage, output_dir: Path, reason: str) -> Path:
     """Record a failed image; remove any outputs of it left by an earlier run."""
     output_dir = Path(output_dir)
     for path in (qc_path(output_dir, image),
                  derivative_path(output_dir, image, desc="defaced"),
                  derivative_path(output_dir, image, desc="defaced", extension=".json"),
+                 derivative_path(output_dir, image, desc="refaced"),
+                 derivative_path(output_dir, image, desc="refaced", extension=".json"),
                  derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")):
         path.unlink(missing_ok=True)
     target = failure_path(output_dir, image)

@@ -122,7 +122,7 @@ def test_usage_errors(bad_dataset, tmp_path, capsys):
     assert "work" in line
     line = _usage([str(tmp_path / "missing"), str(tmp_path / "o"), "participant"], capsys)
     assert "missing" in line
-    line = _usage([str(bad_dataset), str(tmp_path / "o"), "participant", "--reface", "cgan"],
-                  capsys)
-    assert "not available" in line
+    line = _usage([str(bad_dataset), str(tmp_path / "o"), "participant", "--reface-model",
+                   str(tmp_path / "none.pt")], capsys)
+    assert "none.pt" in line
     assert _checksums(bad_dataset) == before

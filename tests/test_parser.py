@@ -56,7 +56,8 @@ def test_defaults(dirs):
     assert settings.skip_bids_validation is False
     assert settings.random_seed == 0
     assert settings.device == "auto"
-    assert settings.reface == "none"
+    assert settings.reface == "cgan"
+    assert settings.reface_model is not None and settings.reface_model.is_file()
     assert settings.deface_ears is False
     assert settings.brain_margin_mm == 5.0
     assert settings.verbosity == 0
@@ -229,9 +230,17 @@ def test_brain_margin_minimum_is_accepted(dirs):
     assert parse_args(_args(dirs, "--brain-margin-mm", "5")).brain_margin_mm == 5.0
 
 
-@pytest.mark.parametrize("method", ["cgan", "template"])
-def test_refacing_not_available_yet(dirs, method):
-    _refused(_args(dirs, "--reface", method), "not available yet", "--reface none")
+def test_reface_methods(dirs):
+    assert parse_args(_args(dirs, "--reface", "template")).reface_model is None
+    assert parse_args(_args(dirs, "--reface", "none")).reface == "none"
+
+
+def test_reface_model_checked_before_the_run(dirs, tmp_path):
+    _refused(_args(dirs, "--reface-model", str(tmp_path / "missing.pt")), "missing.pt",
+             "no such file")
+    (tmp_path / "bad.pt").write_bytes(b"\0" * 100)
+    _refused(_args(dirs, "--reface-model", str(tmp_path / "bad.pt")), "bad.pt",
+             "not a bidsreface model")
 
 
 def test_argparse_errors_are_usage_errors(dirs, tmp_path):

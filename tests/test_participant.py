@@ -13,6 +13,7 @@ import pytest
 
 from bidsreface.bids import AnatImage, derivative_path
 from bidsreface.cli.run import main
+from bidsreface.derivatives import qc_path
 from bidsreface.image import background_value, stored_values
 
 #: Least share of each reference face region (eyes, nose, lips) that must be removed. The goal
@@ -57,6 +58,8 @@ def test_dataset_description(run):
     desc = json.loads((run["out"] / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "bidsreface"
+    model = desc["GeneratedBy"][0]["Model"]
+    assert len(model["SHA256"]) == 64 and model["Name"]
 
 
 @pytest.mark.parametrize("rel", [
@@ -97,9 +100,32 @@ def test_defaced_image(run, rel):
     print(f"{rel}: {removed:.4f} of the reference face region removed")
     assert removed >= MIN_FACE_REMOVED
 
+    # T1w: refaced by the packaged cGAN; other contrasts defaced only
+    refaced = derivative_path(run["out"], image, desc="refaced")
+    record = json.loads(qc_path(run["out"], image).read_text())
+    if image.suffix != "T1w":
+        assert not refaced.exists() and record["reface"]["reface_method"] == "none"
+        return
+    assert record["reface"]["reface_method"] == "cgan"
+    assert record["checks"]["refaced_changed_outside_mask"] == 0
+    ref_img = nb.load(refaced)
+    assert ref_img.get_data_dtype() == raw_img.get_data_dtype()
+    assert np.array_equal(ref_img.affine, raw_img.affine)
+    new = stored_values(refaced)
+    assert np.array_equal(raw[~mask], new[~mask])
+    assert np.count_nonzero(raw[brain] != new[brain]) == 0
+    filled = float((new[face] != background_value(raw)).mean())
+    print(f"{rel}: {filled:.4f} of the reference face region refilled")
+    assert filled > 0.5
+    sidecar = json.loads(derivative_path(run["out"], image, desc="refaced",
+                                         extension=".json").read_text())
+    assert sidecar["RefacedBy"]["ModelSHA256"] == record["reface"]["model_sha256"]
+    assert "AcquisitionDateTime" not in sidecar and sidecar["Sources"]
+
 
 def test_sidecars_scrubbed(run):
-    for sidecar in run["out"].rglob("*_desc-defaced_*.json"):
+    for sidecar in [*run["out"].rglob("*_desc-defaced_*.json"),
+                    *run["out"].rglob("*_desc-refaced_*.json")]:
         meta = json.loads(sidecar.read_text())
         assert not any(k.startswith("Patient") for k in meta)
         for key in ("InstitutionName", "StationName", "AcquisitionDateTime", "OperatorsName"):

@@ -16,12 +16,17 @@ def test_participant_graph(tmp_path):
         (tmp_path / "sub-01" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "sub-01" / name).touch()
     images = [AnatImage.from_path(tmp_path / "sub-01" / n) for n in names]
+    model = tmp_path / "model.pt"
+    model.touch()
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
-                        analysis_level="participant", work_dir=tmp_path / "work")
+                        analysis_level="participant", work_dir=tmp_path / "work",
+                        reface_model=model)
     wf = init_participant_wf("01", images, settings)
     nodes = set(wf.list_node_names())
+    # only the T1w is refaced: no model is installed for the T2w and FLAIR
     assert nodes == {f"{step}_{key}" for step in ("register", "deface", "ds")
-                     for key in ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR")}
+                     for key in ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR")} | {"reface_ses_1_T1w"}
+    assert wf.get_node("reface_ses_1_T1w").inputs.model_file == str(model)
     graph = wf._graph
     t1w, t2w, flair = (wf.get_node(f"register_{k}") for k in
                        ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR"))
@@ -30,3 +35,13 @@ def test_participant_graph(tmp_path):
     assert not any(graph.has_edge(n, flair) for n in graph.nodes)
     assert Path(wf.get_node("ds_ses_1_T1w").config["execution"]["crashdump_dir"]) == (
         tmp_path / "out" / "sub-01" / "log")
+
+
+def test_no_refacing_node_with_reface_none(tmp_path):
+    (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+    (tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz").touch()
+    image = AnatImage.from_path(tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant", work_dir=tmp_path / "work", reface="none")
+    assert set(init_participant_wf("01", [image], settings).list_node_names()) == {
+        "register_T1w", "deface_T1w", "ds_T1w"}

@@ -28,7 +28,6 @@ ANAT_SUFFIXES = (
 
 #: Refacing methods accepted on the command line; only ``none`` runs in this version.
 REFACE_CHOICES = ("cgan", "template", "none")
-REFACE_AVAILABLE = ("none",)
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -153,6 +152,24 @@ def load_bids_filters(path: Path) -> dict:
     return filters
 
 
+def _reface_model(path: Path | None) -> Path:
+    """The T1w model file: the one given, else the packaged one; checked now, not mid-run."""
+    from bidsreface.reface.weights import load_model, packaged_model_path
+
+    if path is None:
+        path = packaged_model_path("T1w")
+        if path is None:
+            raise UsageError("--reface cgan: no T1w refacing model is installed; give one with "
+                             "--reface-model or use --reface template or none")
+    if not path.is_file():
+        raise UsageError(f"--reface-model {path}: no such file")
+    try:
+        load_model(path)
+    except ValueError as err:
+        raise UsageError(f"--reface-model {err}") from err
+    return path
+
+
 def _is_within(path: Path, parent: Path) -> bool:
     """Whether ``path`` is ``parent`` or inside it (both absolute and resolved)."""
     return path == parent or parent in path.parents
@@ -206,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of every random generator")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--reface", choices=REFACE_CHOICES, default="none",
-                        help="how the removed face is filled (only 'none' in this version)")
+    method.add_argument("--reface", choices=REFACE_CHOICES, default="cgan",
+                        help="how the removed face is filled: the cGAN model, the template's "
+                             "face, or not at all (defacing only)")
+    method.add_argument("--reface-model", type=_abspath, metavar="FILE",
+                        help="T1w refacing model file (default: the packaged model)")
     method.add_argument("--deface-ears", action="store_true", help="remove the ears too")
     method.add_argument("--brain-margin-mm", type=_margin, default=5.0, metavar="MM",
                         help="distance kept between the brain and the face mask (>= 5)")
@@ -249,11 +269,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if work_dir.exists() and not work_dir.is_dir():
         raise UsageError(f"work directory {work_dir} exists and is not a directory")
 
-    if opts.reface not in REFACE_AVAILABLE:
-        raise UsageError(
-            f"--reface {opts.reface}: refacing is not available yet in this version of "
-            f"bidsreface ({__version__}); use --reface none (defacing only)"
-        )
+    reface_model = _reface_model(opts.reface_model) if opts.reface == "cgan" else None
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
 
@@ -276,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         random_seed=opts.random_seed,
         device=opts.device,
         reface=opts.reface,
+        reface_model=reface_model,
         deface_ears=opts.deface_ears,
         brain_margin_mm=opts.brain_margin_mm,
         verbosity=opts.verbosity,

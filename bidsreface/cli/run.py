@@ -56,6 +56,20 @@ def _configure_nipype(settings) -> None:
     nlogging.update_logging(config)
 
 
+def generated_by_model(settings) -> dict | None:
+    """What ``dataset_description.json`` says of the refacing (its model and checksum)."""
+    if settings.reface == "none":
+        return None
+    if settings.reface == "template":
+        return {"Description": "Defaced, then refaced with the template's face (T1w)."}
+    from ..reface.weights import load_model
+
+    model = load_model(settings.reface_model)
+    return {"Description": f"Defaced, then refaced with the 3D cGAN model {model.name} "
+                           f"(sha256 {model.sha256}) for T1w; other contrasts defaced only.",
+            "Model": {"Name": model.name, "SHA256": model.sha256}}
+
+
 def run_participant(settings) -> int:
     """Participant level: every selected image of every selected participant."""
     from nipype.pipeline import engine as pe
@@ -69,7 +83,8 @@ def run_participant(settings) -> int:
         print(f"bidsreface: warning: {warning}", file=sys.stderr)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(settings.output_dir, settings.bids_dir)
+    write_dataset_description(settings.output_dir, settings.bids_dir,
+                              generated_by_model(settings))
     _configure_nipype(settings)
 
     workflow = pe.Workflow(name="bidsreface_wf", base_dir=str(settings.work_dir))

@@ -22,6 +22,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True)
     registration_file = File(exists=True, mandatory=True)
     mask_metrics_file = File(exists=True, mandatory=True)
+    refaced_file = File(exists=True, desc="refaced image (absent: defaced only)")
+    reface_metrics_file = File(exists=True, desc="refacing figures (JSON)")
     settings = traits.Dict(desc="settings recorded with the outputs")
 
 
@@ -30,7 +32,7 @@ class _SinkOutputSpec(TraitedSpec):
 
 
 class DerivativesSink(SimpleInterface):
-    """Write ``desc-defaced``, ``defacemask``, the sidecar and the QC record of one image."""
+    """Write ``desc-defaced``, ``desc-refaced``, ``defacemask``, sidecars and the QC record."""
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
@@ -44,9 +46,15 @@ class DerivativesSink(SimpleInterface):
             registration = json.load(fobj)
         with open(self.inputs.mask_metrics_file) as fobj:
             mask_info = json.load(fobj)
+        reface_info = None
+        if self.inputs.refaced_file:
+            with open(self.inputs.reface_metrics_file) as fobj:
+                reface_info = json.load(fobj)
         write_image_outputs(image, self.inputs.output_dir,
                             defaced_file=self.inputs.defaced_file,
                             mask_file=self.inputs.mask_file, registration=registration,
-                            mask_info=mask_info, settings=dict(self.inputs.settings))
+                            mask_info=mask_info, settings=dict(self.inputs.settings),
+                            refaced_file=self.inputs.refaced_file or None,
+                            reface_info=reface_info)
         self._results["qc_file"] = str(qc_path(self.inputs.output_dir, image))
         return runtime

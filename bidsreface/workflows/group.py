@@ -13,7 +13,8 @@ from ..errors import UsageError
 COLUMNS = (
     "source", "status", "reason", "head_dice", "correlation", "scales", "start_deg",
     "face_volume_ml", "face_voxels", "guard_voxels_removed", "changed_outside_mask",
-    "changed_inside_mask",
+    "changed_inside_mask", "refaced_changed_outside_mask", "reface_method", "model_sha256",
+    "reface_fraction",
 )  # fmt: skip
 
 
@@ -25,7 +26,7 @@ def flatten(record: dict) -> dict:
     """
     row = {"source": record["source"], "status": record["status"],
            "reason": record.get("reason", "")}
-    for section in ("registration", "mask", "checks"):
+    for section in ("registration", "mask", "checks", "reface"):
         row.update({k: v for k, v in record.get(section, {}).items() if k in COLUMNS})
     return {k: row.get(k, "") for k in COLUMNS}
 

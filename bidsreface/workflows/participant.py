@@ -40,12 +40,39 @@ def session_references(images: list[AnatImage]) -> dict[AnatImage, AnatImage | N
             for image in images}
 
 
+def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
+    """How an image is refaced: ``(method, model file)``; ``none`` means defaced only.
+
+    T1w follows ``--reface``; another contrast is refaced only by a model installed for it
+    (the template's face and the packaged model are T1w).
+
+    >>> s = Settings(bids_dir=Path("/d"), output_dir=Path("/o"), analysis_level="participant",
+    ...              work_dir=Path("/w"), reface="template")
+    >>> reface_plan(AnatImage.from_path("/d/sub-1/anat/sub-1_T1w.nii.gz"), s)
+    ('template', None)
+    >>> reface_plan(AnatImage.from_path("/d/sub-1/anat/sub-1_T2w.nii.gz"), s)
+    ('none', None)
+    """
+    if settings.reface == "none":
+        return "none", None
+    if image.suffix == REFERENCE_SUFFIX:
+        if settings.reface == "template":
+            return "template", None
+        model = settings.reface_model
+    else:
+        from ..reface.weights import packaged_model_path
+
+        model = packaged_model_path(image.suffix)
+    return ("cgan", str(model)) if model is not None else ("none", None)
+
+
 def init_participant_wf(subject: str, images: list[AnatImage], settings: Settings,
                         name: str | None = None) -> pe.Workflow:
     """Deface every image of one participant.
 
     Each image gets a registration node (to the template, or rigidly to its session's T1w),
-    a defacing node and a derivatives sink ``ds_<key>``.
+    a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`) and a
+    derivatives sink ``ds_<key>``.
 
     Inputs
     ------
@@ -58,6 +85,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     """
     from ..interfaces.bids import DerivativesSink
     from ..interfaces.deface import DefaceImage, RegisterImage
+    from ..interfaces.reface import RefaceImage
 
     workflow = pe.Workflow(name=name or f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf")
     crash_config = {"execution": {
@@ -97,6 +125,18 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             (deface, sink, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
                             ("metrics_file", "mask_metrics_file")]),
         ])  # fmt: skip
+        method, model = reface_plan(image, settings)
+        if method != "none":
+            reface = pe.Node(
+                RefaceImage(method=method, seed=settings.random_seed, device=settings.device,
+                            **({"model_file": model} if model else {})),
+                name=f"reface_{key}", mem_gb=2.0)
+            workflow.connect([
+                (register, reface, [("matrix_file", "matrix_file")]),
+                (deface, reface, [("out_file", "defaced_file"), ("mask_file", "mask_file")]),
+                (reface, sink, [("out_file", "refaced_file"),
+                                ("metrics_file", "reface_metrics_file")]),
+            ])  # fmt: skip
     for name in workflow.list_node_names():
         workflow.get_node(name).config = crash_config
     return workflow

@@ -1,0 +1,1 @@
+"""Quality control: surface renders of heads and a face re-identification audit."""

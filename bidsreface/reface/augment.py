@@ -1,0 +1,120 @@
+"""Augmentation that makes many plausible heads from few, on the box grid (torch, CPU or GPU).
+
+Geometry: random smooth deformations, morphs between two heads along a SyN displacement,
+small registration jitter. Intensity: gamma (contrast), scale, a smooth bias field and noise.
+The defaced input is always derived from the augmented head and its (warped) mask, as the
+defacer would have made it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    deform_vox: float = 2.5  # largest smooth displacement (box voxels)
+    deform_control: int = 5  # control points per axis of the smooth field
+    morph_probability: float = 0.5
+    jitter_deg: float = 4.0  # registration jitter: rotation ...
+    jitter_vox: float = 2.0  # ... and shift
+    gamma: tuple[float, float] = (0.7, 1.4)
+    scale: tuple[float, float] = (0.85, 1.15)
+    bias: float = 0.25  # largest log-amplitude of the bias field
+    noise: tuple[float, float] = (0.0, 0.04)
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float, size=()) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(size, generator=gen)
+
+
+def smooth_field(shape: tuple, amplitude: float, control: int, gen: torch.Generator,
+                 channels: int = 3) -> torch.Tensor:
+    """A smooth random field (channels, *shape): cubic upsampling of random control values."""
+    coarse = _uniform(gen, -amplitude, amplitude, (1, channels, control, control, control))
+    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
+
+
+def jitter_field(shape: tuple, degrees: float, shift: float, gen: torch.Generator):
+    """Displacement (voxels) of a small random rotation about the box centre plus a shift."""
+    angles = [math.radians(float(_uniform(gen, -degrees, degrees))) for _ in range(3)]
+    rot = torch.eye(3)
+    for axis, angle in enumerate(angles):
+        c, s = math.cos(angle), math.sin(angle)
+        r = torch.eye(3)
+        i, j = [a for a in range(3) if a != axis]
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        rot = rot @ r
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape),
+                                      indexing="ij"))
+    centre = torch.tensor([(n - 1) / 2 for n in shape]).view(3, 1, 1, 1)
+    moved = torch.einsum("ij,jxyz->ixyz", rot, grid - centre) + centre
+    return moved - grid + _uniform(gen, -shift, shift, (3,)).view(3, 1, 1, 1)
+
+
+def warp(volumes: torch.Tensor, displacement: torch.Tensor, padding: torch.Tensor | None = None,
+         ) -> torch.Tensor:
+    """Sample ``volumes`` (C, *shape) at ``x + displacement(x)`` (voxels, (3, *shape)).
+
+    Outside the box a channel takes its ``padding`` value (default 0).
+    """
+    shape = volumes.shape[1:]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32,
+                                                     device=volumes.device) for n in shape),
+                                      indexing="ij")) + displacement
+    sizes = torch.tensor([n - 1 for n in shape], dtype=torch.float32,
+                         device=volumes.device).view(3, 1, 1, 1)
+    norm = (2 * grid / sizes - 1).flip(0).permute(1, 2, 3, 0)[None]  # (1, *shape, xyz)
+    pad = torch.zeros(volumes.shape[0], device=volumes.device) if padding is None else padding
+    pad = pad.view(-1, 1, 1, 1)
+    out = F.grid_sample((volumes - pad)[None], norm, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)[0]
+    return out + pad
+
+
+def augment_intensity(head: torch.Tensor, settings: AugmentSettings, gen: torch.Generator,
+                      ) -> torch.Tensor:
+    """Contrast, scale, bias field and noise on a head scaled to [-1, 1] (air at -1)."""
+    x = (head + 1) / 2
+    x = x.clamp(min=0) ** float(_uniform(gen, *settings.gamma))
+    x = x * float(_uniform(gen, *settings.scale))
+    bias = smooth_field(tuple(head.shape), settings.bias, 3, gen, channels=1)[0]
+    x = x * torch.exp(bias)
+    sigma = float(_uniform(gen, *settings.noise))
+    x = (x + sigma * torch.randn(x.shape, generator=gen)).abs()
+    return (x.clamp(0, 1) * 2 - 1).to(head.dtype)
+
+
+def sample_head(pairs: list[dict], fields: dict, settings: AugmentSettings,
+                gen: torch.Generator) -> dict:
+    """One augmented training head: a pair, or a morph of two, deformed and re-contrasted.
+
+    ``pairs`` are dicts of tensors (original, mask, fov on the box); ``fields[(a, b)]`` the
+    displacement with ``a(x) ~ b(x + u(x))``.
+    """
+    a = int(torch.randint(len(pairs), (1,), generator=gen))
+    stack = torch.stack([pairs[a]["original"], pairs[a]["mask"], pairs[a]["fov"]])
+    shape = tuple(stack.shape[1:])
+    padding = torch.tensor([-1.0, 0.0, 0.0])
+    partners = [b for (i, b) in fields if i == a]
+    if partners and float(torch.rand((), generator=gen)) < settings.morph_probability:
+        b = partners[int(torch.randint(len(partners), (1,), generator=gen))]
+        t = float(torch.rand((), generator=gen))
+        u = fields[(a, b)]
+        other = torch.stack([pairs[b]["original"], pairs[b]["mask"], pairs[b]["fov"]])
+        mine = warp(stack, -t * u, padding)
+        theirs = warp(other, (1 - t) * u, padding)
+        stack = torch.stack([(1 - t) * mine[0] + t * theirs[0],
+                             torch.maximum(mine[1], theirs[1]),
+                             torch.minimum(mine[2], theirs[2])])
+    displacement = (smooth_field(shape, settings.deform_vox, settings.deform_control, gen)
+                    + jitter_field(shape, settings.jitter_deg, settings.jitter_vox, gen))
+    stack = warp(stack, displacement, padding)
+    original = augment_intensity(stack[0], settings, gen)
+    mask = stack[1].clamp(0, 1)
+    defaced = original * (1 - mask) - mask
+    return {"original": original, "defaced": defaced, "mask": mask, "fov": stack[2].clamp(0, 1)}

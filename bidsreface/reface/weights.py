@@ -1,0 +1,105 @@
+"""Refacing model files: the generator's weights with everything needed to use them.
+
+A model file is a ``torch.save`` dict read back with ``weights_only=True``: the generator's
+constructor arguments, its state (fp16), the face box (template mm, resolution), the training
+window, the normalisation, the contrast it refaces and a summary of its training. A 1 mm model
+trained elsewhere therefore drops in with no change to the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .networks import Generator
+from .space import WINSOR_PERCENTILE, FaceBox
+
+FORMAT = "bidsreface-reface-1"
+PACKAGED = {"T1w": "reface_T1w.pt"}
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A loaded refacing model."""
+
+    name: str
+    contrast: str
+    generator_args: dict
+    state: dict
+    box: FaceBox
+    window: tuple[int, int, int]
+    sha256: str
+    path: str
+    training: dict
+
+    def generator(self, device: str | torch.device = "cpu") -> Generator:
+        net = Generator(**self.generator_args)
+        net.load_state_dict({k: v.float() for k, v in self.state.items()})
+        return net.to(device)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
+               window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
+               training: dict | None = None) -> str:
+    """Write a model file (fp16 weights); returns its sha256."""
+    content = {
+        "format": FORMAT,
+        "name": name,
+        "contrast": contrast,
+        "generator": dict(generator_args),
+        "state_dict": {k: v.detach().to("cpu", torch.float16)
+                       for k, v in generator.state_dict().items()},
+        "box": box.to_dict(),
+        "window": [int(v) for v in window],
+        "normalisation": {"winsor_percentile": WINSOR_PERCENTILE, "range": [-1.0, 1.0],
+                          "background": -1.0},
+        "training": training or {},
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(content, tmp)
+    tmp.replace(path)
+    return sha256_of(path)
+
+
+def load_model(path: str | Path) -> Model:
+    """Read a model file; raise ``ValueError`` naming the file if it is not one."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ValueError(f"{path}: not a bidsreface model file ({first})") from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a bidsreface model file (format {FORMAT} expected)")
+    return Model(name=content["name"], contrast=content["contrast"],
+                 generator_args=content["generator"], state=content["state_dict"],
+                 box=FaceBox.from_dict(content["box"]), window=tuple(content["window"]),
+                 sha256=sha256_of(path), path=str(path), training=content["training"])
+
+
+def packaged_model_path(contrast: str) -> Path | None:
+    """The model installed with the package for ``contrast``, if there is one."""
+    name = PACKAGED.get(contrast)
+    if name is None:
+        return None
+    path = Path(str(resources.files("bidsreface") / "data" / "models" / name))
+    return path if path.exists() else None
+
+
+@lru_cache(maxsize=4)
+def load_packaged_model(contrast: str) -> Model | None:
+    path = packaged_model_path(contrast)
+    return None if path is None else load_model(path)

