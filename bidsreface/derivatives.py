@@ -20,6 +20,21 @@ def qc_path(output_dir: Path, image: AnatImage) -> Path:
     return derivative_path(output_dir, image, desc="qc", extension=".json")
 
 
+#: The reportlets of an image (the ``desc`` of their files); see :mod:`bidsreface.qc.reportlets`.
+FIGURES = ("defacedmosaic", "defacedrender", "refacedmosaic", "refacedrender")
+
+
+def figure_path(output_dir: Path, image: AnatImage, name: str) -> Path:
+    """Where reportlet *name* of an image goes: ``sub-<label>/figures/<stem>_desc-<name>``.
+
+    >>> img = AnatImage.from_path("/raw/sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
+    >>> figure_path(Path("/out"), img, "defacedrender").as_posix()
+    '/out/sub-01/figures/sub-01_ses-1_desc-defacedrender_T1w.png'
+    """
+    name = derivative_path(Path(output_dir), image, desc=name, extension=".png").name
+    return Path(output_dir) / f"sub-{image.subject}" / "figures" / name
+
+
 def failure_path(output_dir: Path, image: AnatImage) -> Path:
     """Where a failed image's reason is recorded (never beside real outputs)."""
     return Path(output_dir) / f"sub-{image.subject}" / "log" / (
@@ -62,9 +77,15 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str,
                         mask_file: str, registration: dict, mask_info: dict,
                         settings: dict, refaced_file: str | None = None,
-                        reface_info: dict | None = None) -> dict:
+                        reface_info: dict | None = None, qc: dict | None = None,
+                        figures: list[str] | None = None) -> dict:
     """Verify and write ``desc-defaced``, ``defacemask``, ``desc-refaced`` (when refaced),
-    their sidecars, then the QC record."""
+    their sidecars, the reportlets, then the QC record.
+
+    *qc* (the figures of :func:`bidsreface.qc.metrics.image_qc`) sets the record's status;
+    *figures* are PNG files named ``<desc>.png`` (one of :data:`FIGURES`), copied to
+    ``sub-<label>/figures``.
+    """
     output_dir = Path(output_dir)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     checks = verify_defaced(image.path, defaced_file, mask)
@@ -88,21 +109,41 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
         write_sidecar(derivative_path(output_dir, image, desc="refaced", extension=".json"),
                       image, refaced_sidecar(reface_info or {}, rel(mask_out)))
         outputs["refaced"] = rel(refaced)
+    outputs["figures"] = _write_figures(output_dir, image, figures or [], rel)
+    qc = qc or {}
+    reasons = qc.get("reasons", [])
     record = {
         "source": image.relpath,
         "suffix": image.suffix,
-        "status": "ok",
+        "status": "failed" if reasons else "ok",
+        **({"reason": "; ".join(reasons)} if reasons else {}),
         "outputs": outputs,
         "registration": registration,
         "mask": mask_info,
         "reface": reface_info or {"reface_method": "none"},
         "checks": checks,
+        "qc": qc,
         "settings": settings,
         "version": __version__,
     }
     failure_path(output_dir, image).unlink(missing_ok=True)
     write_json_atomic(qc_path(output_dir, image), record)
     return record
+
+
+def _write_figures(output_dir: Path, image: AnatImage, figures: list[str], rel) -> dict:
+    """Copy the reportlets into place (atomically), remove stale ones; ``{name: relpath}``."""
+    written = {}
+    for source in figures:
+        name = Path(source).name.removesuffix(".png")
+        if name not in FIGURES:
+            raise ValueError(f"unknown reportlet {source}")
+        target = figure_path(output_dir, image, name)
+        _copy_atomic(Path(source), target)
+        written[name] = rel(target)
+    for name in set(FIGURES) - set(written):  # withheld now, or not made any more
+        figure_path(output_dir, image, name).unlink(missing_ok=True)
+    return written
 
 
 def refaced_sidecar(info: dict, mask_rel: str) -> dict:
@@ -131,7 +172,8 @@ def write_failure(image: AnatImage, output_dir: Path, reason: str) -> Path:
                  derivative_path(output_dir, image, desc="defaced", extension=".json"),
                  derivative_path(output_dir, image, desc="refaced"),
                  derivative_path(output_dir, image, desc="refaced", extension=".json"),
-                 derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")):
+                 derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask"),
+                 *(figure_path(output_dir, image, name) for name in FIGURES)):
         path.unlink(missing_ok=True)
     target = failure_path(output_dir, image)
     write_json_atomic(target, {"source": image.relpath, "suffix": image.suffix,

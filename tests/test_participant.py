@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import nibabel as nb
@@ -36,10 +40,14 @@ def run(real_dataset, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     args = [str(bids), str(out), "participant", "--nprocs", "2", "-w", str(work),
             "--suffixes", "T1w", "T2w"]
-    participant = main(args)
-    group = main([str(bids), str(out), "group", "-w", str(work)])
+    tmp = tmp_path_factory.mktemp("tmp")  # the run's temporary files, scanned afterwards
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp))
+        patch.setenv("TMPDIR", str(tmp))
+        participant = main(args)
+        group = main([str(bids), str(out), "group", "-w", str(work)])
     return {"bids": bids, "out": out, "manifest": manifest, "before": before,
-            "codes": (participant, group)}
+            "codes": (participant, group), "work": work, "tmp": tmp}
 
 
 def test_exit_codes_and_input_untouched(run):
@@ -146,3 +154,171 @@ def test_qc_records_and_group_table(run):
         rows = list(csv.DictReader(fobj, delimiter="\t"))
     assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
     assert all(float(r["face_volume_ml"]) > 50 for r in rows)
+
+
+# --------------------------------------------------------------------------- QC and reports
+
+#: Reportlets of a refaced image; a defaced-only image has the first two.
+REFACED_FIGURES = ["defacedmosaic", "defacedrender", "refacedmosaic", "refacedrender"]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def _records(run):
+    return [json.loads(p.read_text()) for p in sorted(run["out"].rglob("*_desc-qc_*.json"))]
+
+
+def test_qc_metrics_in_records(run):
+    for record in _records(run):
+        qc = record["qc"]
+        assert qc["status"] == "ok" and qc["reasons"] == [], record["source"]
+        assert qc["guard_overlap"] == 0 and qc["changed_outside_mask"] == 0
+        assert qc["original_face_detected"]
+        kinds = ["defaced"] + (["refaced"] if record["suffix"] == "T1w" else [])
+        assert sorted(k for k in ("defaced", "refaced") if k in qc) == kinds
+        assert not qc["defaced"]["face_detected"]
+        for kind in kinds:
+            assert qc[kind]["face_distance"] > 0.35, (record["source"], kind)
+            assert 0.3 < qc[kind]["head_scale"] < 2.0 and qc[kind]["etiv_ml"] > 300
+        if "refaced" in qc:  # whether a face is found on it depends on the model
+            assert qc["model_sha256"] and isinstance(qc["refaced"]["face_detected"], bool)
+        seconds = qc["seconds"]
+        assert {"registration", "defacing", "qc"} <= set(seconds)
+        assert all(v is not None and v >= 0 for v in seconds.values()) and seconds["qc"] > 0
+        assert sorted(record["outputs"]["figures"]) == REFACED_FIGURES[:2 * len(kinds)]
+        assert qc["withheld"] == {}
+
+
+def test_reports_show_every_figure(run):
+    import base64
+
+    out = run["out"]
+    assert (out / "group.html").is_file()
+    for record in _records(run):
+        subject = record["source"].split("/")[0]
+        report = (out / f"{subject}.html").read_text()
+        assert f'id="{record["source"].rsplit("/", 1)[1].split(".")[0]}"' in report
+        for rel in record["outputs"]["figures"].values():
+            png = (out / subject / rel).read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in report, rel
+    for subject in ("sub-01", "sub-02", "sub-03", "sub-04"):
+        report = (out / f"{subject}.html").read_text()
+        assert re.findall(r'src="([^"]*)"', report)
+        assert all(s.startswith("data:image/png;base64,")
+                   for s in re.findall(r'src="([^"]*)"', report))
+        assert 'id="errors"' in report and "No crash files." in report
+
+
+def test_group_table_every_metric_filled(run):
+    from bidsreface.reports.tables import COLUMNS, REFACED_ONLY
+
+    for suffix, count in (("T1w", 5), ("T2w", 1)):
+        with open(run["out"] / f"group_{suffix}.tsv") as fobj:
+            reader = csv.DictReader(fobj, delimiter="\t")
+            rows = list(reader)
+        assert tuple(reader.fieldnames) == COLUMNS and len(rows) == count
+        for row in rows:
+            assert all(row[c] != "" for c in COLUMNS), row
+            refaced = row["reface_method"] != "none"
+            optional = {"reason", "flags"}  # n/a: nothing to say
+            optional |= {f"{kind}_face_score" for kind in ("defaced", "refaced")
+                         if row[f"{kind}_face_detected"] == "false"}  # no face, no score
+            if not refaced:
+                optional |= set(REFACED_ONLY)
+            missing = [c for c in COLUMNS if row[c] == "n/a" and c not in optional]
+            assert not missing, (row["source"], missing)
+            assert (suffix == "T1w") == refaced
+            for column in ("face_volume_ml", "head_scale_original", "defaced_etiv_ml",
+                           "defaced_face_distance", "seconds_qc", "seconds_registration"):
+                float(row[column])
+
+
+def test_group_report_and_audit(run):
+    out = run["out"]
+    group = (out / "group.html").read_text()
+    for subject in ("sub-01", "sub-02", "sub-03", "sub-04"):
+        assert f'href="{subject}.html' in group
+    assert group.count("<svg") >= 8 and "<img" not in group
+    with open(out / "group_audit.tsv") as fobj:
+        audit = {r["condition"]: r for r in csv.DictReader(fobj, delimiter="\t")}
+    assert list(audit) == ["original", "defaced", "refaced"]
+    # the originals under a small pose change are identifiable; the defaced heads show no face
+    assert audit["original"]["identifiable"] == "6/6"
+    assert audit["original"]["faces_detected"] == "6"
+    assert audit["defaced"]["faces_detected"] == "0"
+    assert audit["defaced"]["identifiable"] == "0/6"
+    assert float(audit["defaced"]["rank1"]) == 0.0 and float(audit["defaced"]["roc_auc"]) == 0.5
+    assert audit["refaced"]["identifiable"] == "0/5"
+    for condition in audit.values():
+        for column in ("rank1", "roc_auc", "eer", "linkability"):
+            assert 0.0 <= float(condition[column]) <= 1.0
+    assert "embedding" not in (out / "group_audit.tsv").read_text()
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("the report test needs Debian's chromium (apt-get install chromium)",
+                    pytrace=False)
+    return path
+
+
+def test_reports_in_a_browser(run, tmp_path):
+    """Each report, copied alone to another folder, renders in headless Chromium: no image is
+    missing and the screenshot is not blank."""
+    from test_qc_audit import png_pixels
+
+    copy = tmp_path / "copied"
+    copy.mkdir()
+    reports = sorted(run["out"].glob("*.html"))
+    assert [p.name for p in reports] == ["group.html", "sub-01.html", "sub-02.html",
+                                         "sub-03.html", "sub-04.html"]
+    probe = ("<script>window.addEventListener('load', function () {"
+             "var all = Array.from(document.images);"
+             "var bad = all.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });"
+             "document.body.setAttribute('data-images', all.length);"
+             "document.body.setAttribute('data-broken', bad.length);});</script>")
+    for report in reports:
+        html = report.read_text()
+        (copy / report.name).write_text(html)
+        (copy / f"probe-{report.name}").write_text(html.replace("</body>", probe + "</body>"))
+        common = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run(
+            [*common, "--virtual-time-budget=10000", "--dump-dom",
+             (copy / f"probe-{report.name}").as_uri()],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+        counts = re.search(r'<body data-images="(\d+)" data-broken="(\d+)"', dom)
+        assert counts, f"{report.name}: the page did not load"
+        images, broken = int(counts.group(1)), int(counts.group(2))
+        expected = html.count("<img ")
+        assert (images, broken) == (expected, 0), report.name
+        if report.name != "group.html":
+            assert images >= 4
+        shot = tmp_path / f"{report.stem}.png"
+        subprocess.run([*common, f"--screenshot={shot}", "--window-size=1100,1400",
+                        (copy / report.name).as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        pixels = png_pixels(shot.read_bytes())
+        assert pixels.shape == (1400, 1100)
+        assert pixels.std() > 0.05 and len(np.unique(np.round(pixels, 2))) > 20, report.name
+        assert (pixels < 0.5).mean() > 0.01  # text and figures, not a white page
+
+
+def test_no_file_derived_from_an_original_face(run):
+    """Out, work and the temporary folder of the run (what is left in it): no render of an
+    original face, no original face embedding, no original face voxels. (The scan finds each
+    of these: see test_qc_audit.py.)"""
+    from test_qc_audit import original_faces, scan_for_original_faces
+
+    records = _records(run)
+    faces = original_faces(run["bids"], records)
+    assert len(faces) == 6
+    scanned = [p for root in (run["out"], run["work"], run["tmp"]) for p in root.rglob("*")
+               if p.is_file()]
+    # the reportlets (4 per refaced image, 2 per defaced-only one), in out and in work
+    assert sum(p.suffix == ".png" for p in scanned) == 2 * (5 * 4 + 2)
+    problems = scan_for_original_faces([run["out"], run["work"], run["tmp"]], run["bids"],
+                                       run["manifest"], faces)
+    assert problems == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bidsreface.image import background_value, stored_values
-from bidsreface.reface.infer import generate, reface_file, tile_starts, tiled_apply
+from bidsreface.reface.infer import air_level, generate, reface_file, tile_starts, tiled_apply
 from bidsreface.reface.networks import Generator, PatchDiscriminator
 from bidsreface.reface.space import FaceBox, sample_from_box, sample_into_box
 from bidsreface.reface.template_face import template_reface_file
@@ -151,12 +151,49 @@ def test_reface_changes_only_the_mask_and_fills_it(defaced_head, tmp_path, metho
     assert np.array_equal(refaced[defaced_head["brain"]], raw[defaced_head["brain"]])
     # head tissue is back where the face was: in the voxels that were head in the original
     # and were removed, most are filled again; the air in front of the face stays air
-    bg = background_value(raw)
-    level = np.percentile(raw[raw > bg], 50) * 0.25
+    level = air_level(raw.astype(np.float32), background_value(raw))  # head/air, as the defacer
     was_head = mask & (raw > level)
-    was_air = mask & (raw <= bg)
+    was_air = mask & (raw <= level)
     filled = float((refaced[was_head] > level).mean())
     air_kept = float((refaced[was_air] <= level).mean())
     print(f"{method}: {filled:.3f} of the removed head filled, {air_kept:.3f} of the air kept")
     assert filled > 0.7 and air_kept > 0.7
     assert info["reface_method"] == method
+
+
+def test_refaced_face_is_a_face_but_not_the_original(defaced_head, brainsmall_path, tmp_path):
+    """On the held-out head: dlib finds a face on the refaced render, and not the original's:
+    it is further from the original than the same face turned by 6 degrees is, by more than
+    the QC's same-face line (renders held in memory only).
+
+    The issue's stricter goal, further than another real person's face, is not met by the
+    packaged model: see the model card (printed here for the record).
+    """
+    from bidsreface.demo import load_brainsmall, rigid_matrix
+    from bidsreface.qc.faces import detect_faces, embedding_distance, face_embedding
+    from bidsreface.qc.metrics import SAME_FACE_DISTANCE
+    from bidsreface.qc.render import render_head
+
+    def render(source, matrix=None):
+        img = source if isinstance(source, nb.Nifti1Image) else nb.load(source)
+        data = np.asanyarray(img.dataobj).astype(np.float32).reshape(img.shape[:3])
+        return render_head(data, img.affine, size=256, matrix=matrix)
+
+    matrix = defaced_head["matrix"]
+    original = face_embedding(render(defaced_head["raw"], matrix))
+    turned = face_embedding(render(defaced_head["raw"],
+                                   rigid_matrix(6.0, "z", (0, 0, 0), (0, 0, 0)) @ matrix))
+    other = face_embedding(render(load_brainsmall(brainsmall_path)))
+    out, _ = reface_file(defaced_head["defaced"], defaced_head["mask"], matrix,
+                         load_packaged_model("T1w"), tmp_path / "r.nii.gz", seed=0)
+    refaced_render = render(out, matrix)
+    found = detect_faces(refaced_render)
+    assert found, "no face detected on the refaced head"
+    assert not detect_faces(render(defaced_head["defaced"], matrix))  # the defaced has none
+    refaced = face_embedding(refaced_render, found[0])
+    same_face = embedding_distance(original, turned)
+    to_original = embedding_distance(original, refaced)
+    print(f"score {found[0].score:.3f}; distance to the original {to_original:.3f}; same face "
+          f"turned {same_face:.3f}; another real person "
+          f"{embedding_distance(original, other):.3f}")
+    assert to_original > max(SAME_FACE_DISTANCE, 2 * same_face)

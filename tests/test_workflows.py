@@ -24,7 +24,7 @@ def test_participant_graph(tmp_path):
     wf = init_participant_wf("01", images, settings)
     nodes = set(wf.list_node_names())
     # only the T1w is refaced: no model is installed for the T2w and FLAIR
-    assert nodes == {f"{step}_{key}" for step in ("register", "deface", "ds")
+    assert nodes == {f"{step}_{key}" for step in ("register", "deface", "qc", "ds")
                      for key in ("ses_1_T1w", "ses_1_T2w", "ses_2_FLAIR")} | {"reface_ses_1_T1w"}
     assert wf.get_node("reface_ses_1_T1w").inputs.model_file == str(model)
     graph = wf._graph
@@ -44,4 +44,4 @@ def test_no_refacing_node_with_reface_none(tmp_path):
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
                         analysis_level="participant", work_dir=tmp_path / "work", reface="none")
     assert set(init_participant_wf("01", [image], settings).list_node_names()) == {
-        "register_T1w", "deface_T1w", "ds_T1w"}
+        "register_T1w", "deface_T1w", "qc_T1w", "ds_T1w"}

@@ -106,16 +106,33 @@ def run_participant(settings) -> int:
         for image in subject_images:
             record = qc_path(settings.output_dir, image)
             if record.is_file() and record.stat().st_mtime >= started:
+                qc_failure = _qc_failure(record)
+                if qc_failure:  # outputs kept for inspection, the image counted failed
+                    print(f"bidsreface: error: {image.relpath}: failed QC: {qc_failure}",
+                          file=sys.stderr)
+                    failed += 1
                 continue
             reason = _failure_reason(settings.output_dir / f"sub-{subject}" / "log", image,
                                      started)
             write_failure(image, settings.output_dir, reason)
             print(f"bidsreface: error: {image.relpath}: {reason}", file=sys.stderr)
             failed += 1
+    from ..reports.participant import write_participant_report
+
+    for subject in images:  # after the failures are recorded: the reports list them
+        write_participant_report(settings.output_dir, subject)
     print(f"bidsreface: {total - failed} of {total} images de-identified"
           + (f", {failed} failed (see the sub-*/log folders)" if failed else ""),
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _qc_failure(record_path: Path) -> str:
+    """The reasons an image failed its QC (empty when it passed)."""
+    import json
+
+    record = json.loads(record_path.read_text())
+    return record.get("reason", "") if record.get("status") != "ok" else ""
 
 
 def _failure_reason(log_dir: Path, image, since: float) -> str:

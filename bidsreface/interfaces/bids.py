@@ -8,8 +8,10 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -24,6 +26,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     mask_metrics_file = File(exists=True, mandatory=True)
     refaced_file = File(exists=True, desc="refaced image (absent: defaced only)")
     reface_metrics_file = File(exists=True, desc="refacing figures (JSON)")
+    qc_file = File(exists=True, desc="QC metrics and verdict (JSON)")
+    figures = InputMultiObject(File(exists=True), desc="reportlets (PNG)")
     settings = traits.Dict(desc="settings recorded with the outputs")
 
 
@@ -32,7 +36,8 @@ class _SinkOutputSpec(TraitedSpec):
 
 
 class DerivativesSink(SimpleInterface):
-    """Write ``desc-defaced``, ``desc-refaced``, ``defacemask``, sidecars and the QC record."""
+    """Write ``desc-defaced``, ``desc-refaced``, ``defacemask``, sidecars, reportlets and the QC
+    record."""
 
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
@@ -50,11 +55,17 @@ class DerivativesSink(SimpleInterface):
         if self.inputs.refaced_file:
             with open(self.inputs.reface_metrics_file) as fobj:
                 reface_info = json.load(fobj)
+        qc = None
+        if isdefined(self.inputs.qc_file):
+            with open(self.inputs.qc_file) as fobj:
+                qc = json.load(fobj)
+        figures = list(self.inputs.figures) if isdefined(self.inputs.figures) else []
         write_image_outputs(image, self.inputs.output_dir,
                             defaced_file=self.inputs.defaced_file,
                             mask_file=self.inputs.mask_file, registration=registration,
                             mask_info=mask_info, settings=dict(self.inputs.settings),
                             refaced_file=self.inputs.refaced_file or None,
-                            reface_info=reface_info)
+                            reface_info=reface_info, qc=qc,
+                            figures=figures)
         self._results["qc_file"] = str(qc_path(self.inputs.output_dir, image))
         return runtime

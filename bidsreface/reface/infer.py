@@ -98,6 +98,12 @@ def generate(model: Model, defaced: np.ndarray, mask: np.ndarray, *, seed: int,
     return y[0, 0].cpu().numpy()
 
 
+#: Generated voxels below this share of the head/air level are air. Measured on the held-out
+#: head: at 1 (the defacer's own level) the dim soft tissue of the lower face is cut into
+#: holes; at 0.5 the face is whole.
+AIR_FRACTION = 0.5
+
+
 def air_level(data: np.ndarray, background: float) -> float:
     """Half the head/air threshold (Otsu), as the defacer's head mask uses."""
     sample = data.reshape(-1)[:: max(1, data.size // 2_000_000)].astype(np.float32)
@@ -113,7 +119,7 @@ def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background
     Only the mask's bounding box (plus a margin) is looked at: the head outside it is one
     piece with what touches the box.
     """
-    level = air_level(data, background)
+    level = float(background) + AIR_FRACTION * (air_level(data, background) - float(background))
     idx = np.argwhere(mask)
     lo, hi = np.maximum(idx.min(0) - 4, 0), np.minimum(idx.max(0) + 5, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))

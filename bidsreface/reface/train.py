@@ -112,6 +112,15 @@ def _to_tensors(pair, device):
             for k in ("original", "mask", "fov")}
 
 
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop the loss lines of steps after the checkpoint (a killed run redoes them)."""
+    if not log.exists():
+        return
+    lines = log.read_text().splitlines()
+    kept = [lines[0], *(ln for ln in lines[1:] if int(ln.split("\t")[0]) <= step)]
+    log.write_text("\n".join(kept) + "\n")
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -168,6 +177,7 @@ def train(args) -> Path:
         rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
+        _truncate_log(log, step)
         LOGGER.info("resumed at step %d", step)
     elif not args.resume or not log.exists():
         log.write_text("step\tloss_g_adv\tloss_l15\tloss_d\tseconds\n")

@@ -1,38 +1,39 @@
-"""Group level: one table per suffix aggregating the per-image records."""
+"""Group level: the per-image tables, the re-identification audit and the group report."""
 
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 from pathlib import Path
 
 from ..derivatives import read_records
 from ..errors import UsageError
+from ..reports.common import write_text_atomic
+from ..reports.tables import COLUMNS, flatten, tsv_value
 
-COLUMNS = (
-    "source", "status", "reason", "head_dice", "correlation", "scales", "start_deg",
-    "face_volume_ml", "face_voxels", "guard_voxels_removed", "changed_outside_mask",
-    "changed_inside_mask", "refaced_changed_outside_mask", "reface_method", "model_sha256",
-    "reface_fraction",
-)  # fmt: skip
+__all__ = ["COLUMNS", "flatten", "run_group", "table_text"]
 
 
-def flatten(record: dict) -> dict:
-    """One table row from a per-image record.
+def table_text(rows: list[dict], columns) -> str:
+    """A TSV table (header first) of *rows*; ``n/a`` for missing values.
 
-    >>> flatten({"source": "a", "status": "failed", "reason": "2D"})["reason"]
-    '2D'
+    >>> table_text([{"a": 1, "b": None}], ("a", "b"))
+    'a\\tb\\n1\\tn/a\\n'
     """
-    row = {"source": record["source"], "status": record["status"],
-           "reason": record.get("reason", "")}
-    for section in ("registration", "mask", "checks", "reface"):
-        row.update({k: v for k, v in record.get(section, {}).items() if k in COLUMNS})
-    return {k: row.get(k, "") for k in COLUMNS}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([tsv_value(row, c) for c in columns] for row in rows)
+    return buffer.getvalue()
 
 
 def run_group(settings) -> int:
-    """Write ``group_<suffix>.tsv`` for every suffix with records; exit code 0."""
+    """Write ``group_<suffix>.tsv`` for every suffix with records, the re-identification
+    audit (``group_audit.tsv``) and ``group.html``; exit code 0."""
+    from ..qc.audit import audit_images, run_audit
+    from ..reports.group import AUDIT_COLUMNS, audit_rows, write_group_report
+
     output_dir = Path(settings.output_dir)
     records = read_records(output_dir) if output_dir.is_dir() else []
     if settings.participant_label:
@@ -46,14 +47,22 @@ def run_group(settings) -> int:
         by_suffix.setdefault(record["suffix"], []).append(flatten(record))
     for suffix, rows in sorted(by_suffix.items()):
         target = output_dir / f"group_{suffix}.tsv"
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as fobj:
-            writer = csv.DictWriter(fobj, fieldnames=COLUMNS, delimiter="\t",
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(sorted(rows, key=lambda r: r["source"]))
-        os.replace(tmp, target)
+        write_text_atomic(target, table_text(sorted(rows, key=lambda r: r["source"]), COLUMNS))
         failed = sum(r["status"] != "ok" for r in rows)
         print(f"bidsreface: {target.name}: {len(rows)} images, {failed} failed",
               file=sys.stderr)
+
+    images = audit_images(records, settings.bids_dir, output_dir)
+    audit = run_audit(images) if images else None
+    if audit is not None:
+        write_text_atomic(output_dir / "group_audit.tsv",
+                          table_text(audit_rows(audit), AUDIT_COLUMNS))
+        for row in audit_rows(audit):
+            print(f"bidsreface: audit, {row['condition']}: rank-1 {row['rank1']}, "
+                  f"ROC-AUC {row['roc_auc']}, EER {row['eer']}, linkability "
+                  f"{row['linkability']}, identifiable {row['identifiable']}", file=sys.stderr)
+    else:
+        (output_dir / "group_audit.tsv").unlink(missing_ok=True)
+    report = write_group_report(output_dir, records, audit)
+    print(f"bidsreface: {report.name} written", file=sys.stderr)
     return 0

@@ -71,8 +71,9 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     """Deface every image of one participant.
 
     Each image gets a registration node (to the template, or rigidly to its session's T1w),
-    a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`) and a
-    derivatives sink ``ds_<key>``.
+    a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
+    ``qc_<key>`` (metrics, verdict and reportlets; the original face is rendered in memory
+    only) and a derivatives sink ``ds_<key>``.
 
     Inputs
     ------
@@ -85,6 +86,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     """
     from ..interfaces.bids import DerivativesSink
     from ..interfaces.deface import DefaceImage, RegisterImage
+    from ..interfaces.qc import ImageQC
     from ..interfaces.reface import RefaceImage
 
     workflow = pe.Workflow(name=name or f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf")
@@ -118,12 +120,21 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             DerivativesSink(source_file=str(image.path), bids_dir=str(settings.bids_dir),
                             output_dir=str(settings.output_dir), settings=recorded),
             name=f"ds_{key}", run_without_submitting=True, mem_gb=1.0)
+        qc = pe.Node(
+            ImageQC(source_file=str(image.path), brain_margin_mm=settings.brain_margin_mm,
+                    seed=settings.random_seed),
+            name=f"qc_{key}", n_procs=1, mem_gb=1.5)
         workflow.connect([
             (register, deface, [("matrix_file", "matrix_file"),
                                 ("distance_file", "distance_file")]),
+            (register, qc, [("matrix_file", "matrix_file"), ("distance_file", "distance_file"),
+                            ("metrics_file", "registration_file")]),
+            (deface, qc, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
+                          ("metrics_file", "mask_metrics_file")]),
             (register, sink, [("metrics_file", "registration_file")]),
             (deface, sink, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
                             ("metrics_file", "mask_metrics_file")]),
+            (qc, sink, [("metrics_file", "qc_file"), ("figures", "figures")]),
         ])  # fmt: skip
         method, model = reface_plan(image, settings)
         if method != "none":
@@ -136,6 +147,8 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                 (deface, reface, [("out_file", "defaced_file"), ("mask_file", "mask_file")]),
                 (reface, sink, [("out_file", "refaced_file"),
                                 ("metrics_file", "reface_metrics_file")]),
+                (reface, qc, [("out_file", "refaced_file"),
+                              ("metrics_file", "reface_metrics_file")]),
             ])  # fmt: skip
     for name in workflow.list_node_names():
         workflow.get_node(name).config = crash_config
