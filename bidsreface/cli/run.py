@@ -90,7 +90,10 @@ def run_participant(settings) -> int:
     workflow = pe.Workflow(name="bidsreface_wf", base_dir=str(settings.work_dir))
     for subject, subject_images in images.items():
         workflow.add_nodes([init_participant_wf(subject, subject_images, settings)])
-    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False}
+    # workers start from a clean process (forkserver), not a fork of this one: a fork inherits
+    # the state of thread pools this process may already use (dlib, OpenMP) and then hangs
+    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
+                   "mp_context": "forkserver"}
     if settings.mem_gb:
         plugin_args["memory_gb"] = settings.mem_gb
     started = time.time() - 1
