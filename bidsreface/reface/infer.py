@@ -42,7 +42,7 @@ def tile_starts(size: int, window: int, overlap: float = 0.25) -> list[int]:
     >>> tile_starts(64, 64)
     [0]
     >>> tile_starts(200, 64, overlap=0.5)
-    [0, 27, 55, 82, 109, 136]
+    [0, 27, 54, 82, 109, 136]
     """
     if window >= size:
         return [0]

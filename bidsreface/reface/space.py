@@ -20,7 +20,7 @@ class FaceBox:
     """A box of template space on a regular grid: ``origin`` is the first voxel centre (mm).
 
     >>> box = FaceBox(origin=(0.0, 0.0, 0.0), shape=(4, 4, 4), spacing=2.0)
-    >>> box.affine[:3, 3].tolist(), box.affine[0, 0]
+    >>> box.affine[:3, 3].tolist(), float(box.affine[0, 0])
     ([0.0, 0.0, 0.0], 2.0)
     """
 
