@@ -245,7 +245,6 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["FaceBox", "main", "train"]
 
 
 if __name__ == "__main__":
