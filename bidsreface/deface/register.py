@@ -84,7 +84,7 @@ def grid(shape: tuple, affine: np.ndarray, mm: float):
 def head_mask(data: np.ndarray) -> np.ndarray:
     """Head (not air) by Otsu's threshold, largest component, holes filled."""
     values = data[data > np.percentile(data, 2)]
-    threshold = _otsu(values) if values.size else 0.0
+    threshold = otsu(values) if values.size else 0.0
     mask = data > 0.5 * threshold
     mask = ndimage.binary_opening(mask, iterations=1)
     labels, n = ndimage.label(mask)
@@ -93,7 +93,12 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
 
 
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
+def otsu(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold of ``values`` (a histogram of ``bins`` bins).
+
+    >>> otsu(np.r_[np.zeros(50), np.full(50, 10.0)]) < 10
+    True
+    """
     hist, edges = np.histogram(values, bins=bins)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)

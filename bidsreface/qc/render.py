@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..deface.register import otsu
+
 #: View name -> (image column direction, image row direction, ray direction), RAS unit vectors.
 VIEWS = {
     "frontal": ((-1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, -1.0, 0.0)),
@@ -90,22 +92,6 @@ def view_axes(view: str = "frontal", matrix: np.ndarray | None = None) -> np.nda
     if matrix is not None:
         axes = (rotation_part(matrix) @ axes.T).T
     return axes
-
-
-def otsu(values: np.ndarray, bins: int = 128) -> float:
-    """Otsu's threshold of *values* (a histogram of *bins* bins).
-
-    >>> otsu(np.r_[np.zeros(50), np.full(50, 10.0)]) < 10
-    True
-    """
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    s0 = np.cumsum(hist * centres)
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def head_threshold(data: np.ndarray) -> float:

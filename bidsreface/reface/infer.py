@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..deface.register import _otsu
+from ..deface.register import otsu
 from ..image import background_value, save_like, stored_values
 from .data import box_inputs
 from .space import Scaling, sample_from_box
@@ -108,7 +108,7 @@ def air_level(data: np.ndarray, background: float) -> float:
     """Half the head/air threshold (Otsu), as the defacer's head mask uses."""
     sample = data.reshape(-1)[:: max(1, data.size // 2_000_000)].astype(np.float32)
     sample = sample[sample > np.percentile(sample, 2)]
-    return float(background) + 0.5 * (_otsu(sample) - float(background)) if sample.size else 0.0
+    return float(background) + 0.5 * (otsu(sample) - float(background)) if sample.size else 0.0
 
 
 def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background: float,
