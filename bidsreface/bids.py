@@ -279,12 +279,33 @@ def scrub_sidecar(meta: dict) -> dict:
     }
 
 
+#: Marks the temporary files that outputs are written to before their rename into place.
+TEMPORARY_MARK = ".bidsreface-tmp-"
+
+
+def temporary_path(path: Path) -> Path:
+    """The hidden temporary name *path* is written to before :func:`os.replace`.
+
+    >>> temporary_path(Path("/o/sub-1/x.json")).name.startswith(".x.json.bidsreface-tmp-")
+    True
+    """
+    return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete the temporary files a killed run left under *folder*; return how many."""
+    stale = [p for p in Path(folder).rglob(f".*{TEMPORARY_MARK}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and :func:`os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)

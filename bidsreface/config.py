@@ -52,6 +52,9 @@ class Settings:
     device: str = "auto"
     reface: str = "cgan"
     reface_model: Path | None = None
+    gpu_procs: int = 1
+    use_plugin: dict | None = None
+    export_bids: Path | None = None
     deface_ears: bool = False
     brain_margin_mm: float = 5.0
     verbosity: int = 0

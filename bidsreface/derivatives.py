@@ -11,7 +11,7 @@ import nibabel as nb
 import numpy as np
 
 from . import __version__
-from .bids import AnatImage, derivative_path, write_json_atomic, write_sidecar
+from .bids import AnatImage, derivative_path, temporary_path, write_json_atomic, write_sidecar
 from .image import stored_values
 
 
@@ -66,7 +66,7 @@ def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndar
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp = temporary_path(dst)
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
@@ -78,13 +78,15 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
                         mask_file: str, registration: dict, mask_info: dict,
                         settings: dict, refaced_file: str | None = None,
                         reface_info: dict | None = None, qc: dict | None = None,
-                        figures: list[str] | None = None) -> dict:
+                        figures: list[str] | None = None,
+                        fingerprint: str | None = None) -> dict:
     """Verify and write ``desc-defaced``, ``defacemask``, ``desc-refaced`` (when refaced),
     their sidecars, the reportlets, then the QC record.
 
     *qc* (the figures of :func:`bidsreface.qc.metrics.image_qc`) sets the record's status;
     *figures* are PNG files named ``<desc>.png`` (one of :data:`FIGURES`), copied to
-    ``sub-<label>/figures``.
+    ``sub-<label>/figures``. *fingerprint* (:func:`bidsreface.resume.fingerprint`) lets a
+    rerun skip the image while nothing it depends on changed.
     """
     output_dir = Path(output_dir)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
@@ -125,6 +127,7 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
         "qc": qc,
         "settings": settings,
         "version": __version__,
+        **({"fingerprint": fingerprint} if fingerprint else {}),
     }
     failure_path(output_dir, image).unlink(missing_ok=True)
     write_json_atomic(qc_path(output_dir, image), record)

@@ -260,3 +260,55 @@ def test_help_builds(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     assert "--brain-margin-mm" in capsys.readouterr().out
+
+
+def test_batch_defaults(dirs):
+    settings = parse_args(_args(dirs))
+    assert (settings.gpu_procs, settings.use_plugin, settings.export_bids) == (1, None, None)
+
+
+def test_use_plugin_file(dirs, tmp_path):
+    plugin = tmp_path / "slurm.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --time=1:00:00 --mem=4G\n")
+    settings = parse_args(_args(dirs, "--use-plugin", str(plugin)))
+    assert settings.use_plugin == {"plugin": "SLURM",
+                                   "plugin_args": {"sbatch_args": "--time=1:00:00 --mem=4G"}}
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("plugin: [unclosed", "not valid YAML"),
+    ("plugin_args: {}\n", "must be a mapping with a 'plugin' key"),
+    ("plugin: Slurmish\n", "unknown plugin 'Slurmish'"),
+    ("plugin: SGE\nplugin_args: [1, 2]\n", "plugin_args must be a mapping"),
+    ("plugin: PBS\nqueue: long\n", "unknown keys ['queue']"),
+])  # fmt: skip
+def test_use_plugin_errors(dirs, tmp_path, content, fragment):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text(content)
+    _refused(_args(dirs, "--use-plugin", str(plugin)), str(plugin), fragment)
+
+
+def test_use_plugin_missing_file(dirs, tmp_path):
+    _refused(_args(dirs, "--use-plugin", str(tmp_path / "none.yml")), "cannot read it")
+
+
+def test_gpu_procs(dirs):
+    assert parse_args(_args(dirs, "--gpu-procs", "3")).gpu_procs == 3
+    _refused(_args(dirs, "--gpu-procs", "0"), "--gpu-procs", "at least 1")
+
+
+def test_export_bids(dirs, tmp_path):
+    bids, out = dirs
+    assert parse_args(_args(dirs, "--export-bids", str(tmp_path / "ex"))).export_bids == (
+        (tmp_path / "ex").resolve())
+    for overlapping in (bids / "export", out, out / "export", tmp_path):
+        _refused(_args(dirs, "--export-bids", str(overlapping)), "--export-bids", "overlaps")
+    (tmp_path / "file").write_text("x")
+    _refused(_args(dirs, "--export-bids", str(tmp_path / "file")), "is not a directory")
+
+
+def test_export_bids_foreign_folder_refused_before_the_run(dirs, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    _refused(_args(dirs, "--export-bids", str(foreign)), "not empty", "no earlier export")

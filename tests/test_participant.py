@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import checksums
 
 from bidsreface.bids import AnatImage, derivative_path
-from bidsreface.cli.run import main
 from bidsreface.derivatives import qc_path
 from bidsreface.image import background_value, stored_values
 
@@ -26,33 +24,14 @@ from bidsreface.image import background_value, stored_values
 MIN_FACE_REMOVED = 0.92
 
 
-def _checksums(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
-def run(real_dataset, tmp_path_factory):
-    root, manifest = real_dataset
-    bids = root / "bids"
-    before = _checksums(bids)
-    out = tmp_path_factory.mktemp("out") / "bidsreface"
-    work = tmp_path_factory.mktemp("work")
-    args = [str(bids), str(out), "participant", "--nprocs", "2", "-w", str(work),
-            "--suffixes", "T1w", "T2w"]
-    tmp = tmp_path_factory.mktemp("tmp")  # the run's temporary files, scanned afterwards
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tempfile, "tempdir", str(tmp))
-        patch.setenv("TMPDIR", str(tmp))
-        participant = main(args)
-        group = main([str(bids), str(out), "group", "-w", str(work)])
-    return {"bids": bids, "out": out, "manifest": manifest, "before": before,
-            "codes": (participant, group), "work": work, "tmp": tmp}
+def run(participant_run):
+    return participant_run
 
 
 def test_exit_codes_and_input_untouched(run):
     assert run["codes"] == (0, 0)
-    assert _checksums(run["bids"]) == run["before"]
+    assert checksums(run["bids"]) == run["before"]
 
 
 def test_output_tree(run):

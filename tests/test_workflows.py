@@ -45,3 +45,23 @@ def test_no_refacing_node_with_reface_none(tmp_path):
                         analysis_level="participant", work_dir=tmp_path / "work", reface="none")
     assert set(init_participant_wf("01", [image], settings).list_node_names()) == {
         "register_T1w", "deface_T1w", "qc_T1w", "ds_T1w"}
+
+
+def test_skipped_images_keep_only_what_a_redone_follower_needs(tmp_path):
+    """A done T1w whose session's T2w is redone keeps its registration node only; a done
+    image nobody follows gets no node; fingerprints reach the sinks."""
+    names = ["ses-1/anat/sub-01_ses-1_T1w.nii.gz", "ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+             "ses-2/anat/sub-01_ses-2_T1w.nii.gz"]
+    for name in names:
+        (tmp_path / "sub-01" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sub-01" / name).touch()
+    t1_1, t2_1, t1_2 = (AnatImage.from_path(tmp_path / "sub-01" / n) for n in names)
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant", work_dir=tmp_path / "work", reface="none")
+    wf = init_participant_wf("01", [t1_1, t2_1, t1_2], settings, skip=frozenset({t1_1, t1_2}),
+                             fingerprints={t2_1: "f" * 64})
+    assert set(wf.list_node_names()) == {"register_ses_1_T1w", "register_ses_1_T2w",
+                                         "deface_ses_1_T2w", "qc_ses_1_T2w", "ds_ses_1_T2w"}
+    assert wf._graph.has_edge(wf.get_node("register_ses_1_T1w"),
+                              wf.get_node("register_ses_1_T2w"))
+    assert wf.get_node("ds_ses_1_T2w").inputs.fingerprint == "f" * 64

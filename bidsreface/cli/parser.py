@@ -152,6 +152,43 @@ def load_bids_filters(path: Path) -> dict:
     return filters
 
 
+#: nipype execution plugins a ``--use-plugin`` file may name.
+PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph",
+           "PBS", "PBSGraph", "LSF", "OAR", "Condor", "DAGMan", "IPython")
+
+
+def load_plugin(path: Path) -> dict:
+    """Read a ``--use-plugin`` file: YAML (or JSON) ``{plugin: NAME, plugin_args: {...}}``,
+    as fMRIPrep's.
+
+    Returns ``{"plugin": NAME, "plugin_args": {...}}``.
+    """
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--use-plugin {path}: cannot read it ({err})") from err
+    except yaml.YAMLError as err:
+        reason = str(err).splitlines()[0]
+        raise UsageError(f"--use-plugin {path}: not valid YAML ({reason})") from err
+    if not isinstance(content, dict) or "plugin" not in content:
+        raise UsageError(f"--use-plugin {path}: must be a mapping with a 'plugin' key, e.g. "
+                         f"'plugin: SLURM'")
+    unknown = set(content) - {"plugin", "plugin_args"}
+    if unknown:
+        raise UsageError(f"--use-plugin {path}: unknown keys {sorted(unknown)} "
+                         f"(only plugin and plugin_args)")
+    plugin = content["plugin"]
+    if plugin not in PLUGINS:
+        raise UsageError(f"--use-plugin {path}: unknown plugin {plugin!r}; choose from "
+                         f"{' '.join(PLUGINS)}")
+    args = content.get("plugin_args") or {}
+    if not isinstance(args, dict):
+        raise UsageError(f"--use-plugin {path}: plugin_args must be a mapping")
+    return {"plugin": plugin, "plugin_args": args}
+
+
 def _reface_model(path: Path | None) -> Path:
     """The T1w model file: the one given, else the packaged one; checked now, not mid-run."""
     from bidsreface.reface.weights import load_model, packaged_model_path
@@ -217,10 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="threads per process (default: min(nprocs, 8))")
     perf.add_argument("--mem-gb", type=_positive_float, metavar="GB",
                       help="memory limit for the scheduler")
+    perf.add_argument("--gpu-procs", type=_positive_int, default=1, metavar="N",
+                      help="refacing steps run on the GPU at once (CPU steps still use all "
+                           "--nprocs)")
+    perf.add_argument("--use-plugin", type=_abspath, metavar="FILE",
+                      help="YAML file naming a nipype plugin and its arguments, e.g. "
+                           "'plugin: SLURM' with 'plugin_args: {sbatch_args: ...}'")
     perf.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                       help="where the generator runs")
     perf.add_argument("--random-seed", type=_seed, default=0, metavar="SEED",
                       help="seed of every random generator")
+
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--export-bids", type=_abspath, metavar="DIR",
+                     help="also write a complete de-identified copy of the dataset, ready to "
+                          "publish: the selected anatomicals replaced by their de-identified "
+                          "images, everything else copied")
 
     method = parser.add_argument_group("method")
     method.add_argument("--reface", choices=REFACE_CHOICES, default="cgan",
@@ -269,6 +318,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if work_dir.exists() and not work_dir.is_dir():
         raise UsageError(f"work directory {work_dir} exists and is not a directory")
 
+    export_bids = opts.export_bids
+    if export_bids is not None:
+        for name, other in (("bids_dir", bids_dir), ("output_dir", output_dir),
+                            ("work directory", work_dir)):
+            if _is_within(export_bids, other) or _is_within(other, export_bids):
+                raise UsageError(f"--export-bids {export_bids} overlaps {name} {other}; "
+                                 f"give a directory of its own")
+        from bidsreface.export import check_target
+
+        check_target(export_bids)  # refused now, not after the run
+
+    use_plugin = load_plugin(opts.use_plugin) if opts.use_plugin else None
+
     reface_model = _reface_model(opts.reface_model) if opts.reface == "cgan" else None
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
@@ -288,6 +350,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         nprocs=nprocs,
         omp_nthreads=omp_nthreads,
         mem_gb=opts.mem_gb,
+        gpu_procs=opts.gpu_procs,
+        use_plugin=use_plugin,
+        export_bids=export_bids,
         skip_bids_validation=opts.skip_bids_validation,
         random_seed=opts.random_seed,
         device=opts.device,

@@ -33,20 +33,36 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         if settings.analysis_level == "participant":
-            return run_participant(settings)
-        from ..workflows.group import run_group
+            code = run_participant(settings)
+        else:
+            from ..workflows.group import run_group
 
-        return run_group(settings)
+            code = run_group(settings)
     except UsageError as err:
         print(f"bidsreface: error: {err}", file=sys.stderr)
         return 2
+    if settings.export_bids is not None:
+        from ..export import export_dataset
+
+        try:
+            export_dataset(settings)
+        except UsageError as err:  # the target could not be written: the run itself is done
+            print(f"bidsreface: error: {err}", file=sys.stderr)
+            return 1
+    return code
 
 
-def _configure_nipype(settings) -> None:
+#: Plugins that run the nodes on this machine; the others submit them to a cluster scheduler.
+LOCAL_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc")
+
+
+def _configure_nipype(settings, plugin: str) -> None:
     from nipype import config
     from nipype import logging as nlogging
 
-    config.set("execution", "poll_sleep_duration", "0.01")
+    # a local pool is polled often (nipype's default of 2 s wastes time on every step); a
+    # cluster scheduler is asked once a second, not a hundred times (each poll is a squeue)
+    config.set("execution", "poll_sleep_duration", "0.01" if plugin in LOCAL_PLUGINS else "1")
     config.set("execution", "crashfile_format", "txt")
     config.set("execution", "remove_unnecessary_outputs", "false")
     config.set("monitoring", "enabled", "false")
@@ -70,11 +86,56 @@ def generated_by_model(settings) -> dict | None:
             "Model": {"Name": model.name, "SHA256": model.sha256}}
 
 
+def execution_plugin(settings) -> tuple[str, dict]:
+    """The nipype plugin and its arguments: ``--use-plugin``'s, else MultiProc (Linear for
+    one process).
+
+    MultiProc runs at most ``--gpu-procs`` GPU nodes (refacing on CUDA) at once, while CPU
+    nodes use every ``--nprocs``.
+    """
+    if settings.use_plugin is not None:
+        plugin = settings.use_plugin["plugin"]
+        args = dict(settings.use_plugin["plugin_args"])
+        if plugin in LOCAL_PLUGINS[1:]:
+            args.setdefault("n_procs", settings.nprocs)
+            args.setdefault("n_gpu_procs", settings.gpu_procs)
+        return plugin, args
+    if settings.nprocs == 1:
+        return "Linear", {}
+    # workers start from a clean process (forkserver), not a fork of this one: a fork inherits
+    # the state of thread pools this process may already use (dlib, OpenMP) and then hangs
+    args = {"n_procs": settings.nprocs, "n_gpu_procs": settings.gpu_procs,
+            "raise_insufficient": False, "mp_context": "forkserver"}
+    if settings.mem_gb:
+        args["memory_gb"] = settings.mem_gb
+    return "MultiProc", args
+
+
+def resume_plan(images: dict, settings) -> tuple[dict, frozenset]:
+    """Each image's fingerprint, and the images whose current outputs it matches (skipped)."""
+    from ..resume import file_sha256, fingerprint, is_current
+    from ..workflows.participant import reface_plan, session_references
+
+    fingerprints, done = {}, set()
+    model_sums: dict[str, str] = {}
+    for subject_images in images.values():
+        references = session_references(subject_images)
+        for image in subject_images:
+            _, model = reface_plan(image, settings)
+            if model is not None and model not in model_sums:
+                model_sums[model] = file_sha256(model)
+            fingerprints[image] = fingerprint(image, references[image], settings,
+                                              model_sums.get(model))
+            if is_current(settings.output_dir, image, fingerprints[image]):
+                done.add(image)
+    return fingerprints, frozenset(done)
+
+
 def run_participant(settings) -> int:
     """Participant level: every selected image of every selected participant."""
     from nipype.pipeline import engine as pe
 
-    from ..bids import collect_images, write_dataset_description
+    from ..bids import collect_images, remove_temporaries, write_dataset_description
     from ..derivatives import qc_path, write_failure
     from ..workflows.participant import init_participant_wf
 
@@ -85,28 +146,34 @@ def run_participant(settings) -> int:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(settings.output_dir, settings.bids_dir,
                               generated_by_model(settings))
-    _configure_nipype(settings)
+    plugin, plugin_args = execution_plugin(settings)
+    _configure_nipype(settings, plugin)
 
+    for subject in images:  # what a killed run was writing
+        remove_temporaries(settings.output_dir / f"sub-{subject}")
+    fingerprints, done = resume_plan(images, settings)
+    if done:
+        print(f"bidsreface: {len(done)} images already de-identified with the same inputs and "
+              f"settings: skipped", file=sys.stderr)
     workflow = pe.Workflow(name="bidsreface_wf", base_dir=str(settings.work_dir))
     for subject, subject_images in images.items():
-        workflow.add_nodes([init_participant_wf(subject, subject_images, settings)])
-    # workers start from a clean process (forkserver), not a fork of this one: a fork inherits
-    # the state of thread pools this process may already use (dlib, OpenMP) and then hangs
-    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-                   "mp_context": "forkserver"}
-    if settings.mem_gb:
-        plugin_args["memory_gb"] = settings.mem_gb
+        if all(image in done for image in subject_images):
+            continue
+        workflow.add_nodes([init_participant_wf(subject, subject_images, settings,
+                                                fingerprints=fingerprints, skip=done)])
     started = time.time() - 1
-    try:
-        workflow.run(plugin="MultiProc" if settings.nprocs > 1 else "Linear",
-                     plugin_args=plugin_args)
-    except RuntimeError as err:  # raised after the run when some node failed
-        LOGGER.info("workflow finished with errors: %s", err)
+    if len(done) < sum(len(v) for v in images.values()):
+        try:
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
+        except RuntimeError as err:  # raised after the run when some node failed
+            LOGGER.info("workflow finished with errors: %s", err)
 
     failed = 0
     total = sum(len(v) for v in images.values())
     for subject, subject_images in images.items():
         for image in subject_images:
+            if image in done:
+                continue
             record = qc_path(settings.output_dir, image)
             if record.is_file() and record.stat().st_mtime >= started:
                 qc_failure = _qc_failure(record)
@@ -125,6 +192,7 @@ def run_participant(settings) -> int:
     for subject in images:  # after the failures are recorded: the reports list them
         write_participant_report(settings.output_dir, subject)
     print(f"bidsreface: {total - failed} of {total} images de-identified"
+          + (f" ({len(done)} of them by an earlier run)" if done else "")
           + (f", {failed} failed (see the sub-*/log folders)" if failed else ""),
           file=sys.stderr)
     return 1 if failed else 0

@@ -29,6 +29,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     qc_file = File(exists=True, desc="QC metrics and verdict (JSON)")
     figures = InputMultiObject(File(exists=True), desc="reportlets (PNG)")
     settings = traits.Dict(desc="settings recorded with the outputs")
+    fingerprint = traits.Str(desc="what the outputs were made from (bidsreface.resume)")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -66,6 +67,8 @@ class DerivativesSink(SimpleInterface):
                             mask_info=mask_info, settings=dict(self.inputs.settings),
                             refaced_file=self.inputs.refaced_file or None,
                             reface_info=reface_info, qc=qc,
-                            figures=figures)
+                            figures=figures,
+                            fingerprint=(self.inputs.fingerprint
+                                         if isdefined(self.inputs.fingerprint) else None))
         self._results["qc_file"] = str(qc_path(self.inputs.output_dir, image))
         return runtime

@@ -22,6 +22,8 @@ class _RefaceInputSpec(BaseInterfaceInputSpec):
     model_file = File(exists=True, desc="refacing model (cgan)")
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda")
+    use_gpu = traits.Bool(False, usedefault=True,
+                          desc="runs on a GPU: MultiProc counts it against n_gpu_procs")
 
 
 class _RefaceOutputSpec(TraitedSpec):

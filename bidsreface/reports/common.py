@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bids import temporary_path
+
 #: Colours of the reports: passing, failing or flagged, neutral.
 OK_COLOUR, BAD_COLOUR, GREY = "#2a7d3c", "#c0392b", "#777777"
 
@@ -39,7 +41,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     """Write *text* to *path* through a temporary file and :func:`os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)

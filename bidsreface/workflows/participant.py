@@ -66,9 +66,27 @@ def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
     return ("cgan", str(model)) if model is not None else ("none", None)
 
 
+def uses_gpu(device: str) -> bool:
+    """Whether the generator runs on CUDA: ``--device cuda``, or ``auto`` with a GPU.
+
+    >>> uses_gpu("cpu"), uses_gpu("cuda")
+    (False, True)
+    """
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
 def init_participant_wf(subject: str, images: list[AnatImage], settings: Settings,
-                        name: str | None = None) -> pe.Workflow:
+                        name: str | None = None, fingerprints: dict | None = None,
+                        skip: frozenset = frozenset()) -> pe.Workflow:
     """Deface every image of one participant.
+
+    Images in *skip* (done by an earlier run, see :mod:`bidsreface.resume`) get no nodes,
+    except the registration of a T1w that a redone image of its session follows.
+    *fingerprints* (``{image: sha256}``) are recorded with each image's outputs.
 
     Each image gets a registration node (to the template, or rigidly to its session's T1w),
     a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
@@ -98,8 +116,12 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                 if k in ("deface_ears", "brain_margin_mm", "reface", "random_seed")}
     registrations = {}
     references = session_references(images)
+    followed = {references[i] for i in images if i not in skip}
+    fingerprints = fingerprints or {}
     # references first, so that followers can connect to their node
     for image in sorted(images, key=lambda i: references[i] is not None):
+        if image in skip and image not in followed:
+            continue
         key = node_key(image)
         register = pe.Node(
             RegisterImage(in_file=str(image.path), seed=settings.random_seed),
@@ -112,13 +134,18 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                                                       ("distance_file", "reference_distance")]),
             ])  # fmt: skip
         registrations[image] = register
+        if image in skip:  # its registration is needed by a follower, nothing else
+            workflow.add_nodes([register])
+            continue
         deface = pe.Node(
             DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
                         brain_margin_mm=settings.brain_margin_mm),
             name=f"deface_{key}", mem_gb=1.5)
         sink = pe.Node(
             DerivativesSink(source_file=str(image.path), bids_dir=str(settings.bids_dir),
-                            output_dir=str(settings.output_dir), settings=recorded),
+                            output_dir=str(settings.output_dir), settings=recorded,
+                            **({"fingerprint": fingerprints[image]}
+                               if image in fingerprints else {})),
             name=f"ds_{key}", run_without_submitting=True, mem_gb=1.0)
         qc = pe.Node(
             ImageQC(source_file=str(image.path), brain_margin_mm=settings.brain_margin_mm,
@@ -140,6 +167,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         if method != "none":
             reface = pe.Node(
                 RefaceImage(method=method, seed=settings.random_seed, device=settings.device,
+                            use_gpu=method == "cgan" and uses_gpu(settings.device),
                             **({"model_file": model} if model else {})),
                 name=f"reface_{key}", mem_gb=2.0)
             workflow.connect([
