@@ -11,6 +11,11 @@ given to dlib: the CNN face detector's score, and the face-embedding distance (5
 landmarks, ResNet descriptor) to the original's render. References: the original turned by
 6 degrees (what "the same person" looks like to dlib on these renders) and another real head
 (VolPack's brainsmall: what "another person" looks like).
+
+``--deform-mm A`` is an experiment, not what bidsreface does: each seed's generated face box
+is warped by a seeded smooth random displacement (up to A mm, ``--deform-control`` control
+points per axis), tapered to zero within 10 mm of the head kept outside the mask, to see
+whether random face shapes move the embedding away from the original's.
 """
 
 from __future__ import annotations
@@ -25,10 +30,36 @@ from pathlib import Path
 import numpy as np
 
 
+def deform_generated_faces(amplitude_mm: float, control: int, taper_mm: float = 10.0) -> None:
+    """Make :func:`bidsreface.reface.infer.generate` warp its output (see ``--deform-mm``)."""
+    import torch
+    from scipy import ndimage
+
+    from bidsreface.reface import infer
+    from bidsreface.reface.augment import smooth_field, warp
+
+    generate = infer.generate
+
+    def deformed(model, defaced, mask, *, seed, device="cpu"):
+        head = generate(model, defaced, mask, seed=seed, device=device)
+        gen = torch.Generator().manual_seed(10_000 + seed)
+        field = smooth_field(head.shape, amplitude_mm / model.box.spacing, control, gen)
+        kept_head = (mask < 0.5) & (defaced > -0.9)  # scaled: air is -1
+        distance = ndimage.distance_transform_edt(~kept_head) * model.box.spacing
+        weight = torch.from_numpy(np.clip(distance / taper_mm, 0, 1)).float()
+        out = warp(torch.from_numpy(head)[None].float(), field * weight,
+                   padding=torch.tensor([-1.0]))
+        return out[0].numpy()
+
+    infer.generate = deformed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
+    parser.add_argument("--deform-mm", type=float, default=0.0)
+    parser.add_argument("--deform-control", type=int, default=5)
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import nibabel as nb
@@ -51,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return None, None
         return found[0].score, face_embedding(image, found[0])
 
+    if args.deform_mm > 0:
+        deform_generated_faces(args.deform_mm, args.deform_control)
     model = load_model(args.model or packaged_model_path("T1w"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-privacy-") as tmp:
