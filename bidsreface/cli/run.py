@@ -70,6 +70,14 @@ def _configure_nipype(settings, plugin: str) -> None:
     for name in ("workflow_level", "interface_level", "utils_level"):
         config.set("logging", name, level)
     nlogging.update_logging(config)
+    # worker processes start from a clean interpreter and read nipype's configuration anew:
+    # hand them the same log levels through a configuration file of this run's
+    config_dir = settings.work_dir / "nipype_config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    levels = "".join(f"{name} = {level}\n"
+                     for name in ("workflow_level", "interface_level", "utils_level"))
+    (config_dir / "nipype.cfg").write_text(f"[logging]\n{levels}")
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
 
 
 def generated_by_model(settings) -> dict | None:
