@@ -8,7 +8,6 @@ trained elsewhere therefore drops in with no change to the code.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..resume import file_sha256
 from .networks import Generator
 from .space import WINSOR_PERCENTILE, FaceBox
 
@@ -43,14 +43,6 @@ class Model:
         return net.to(device)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
                window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
                training: dict | None = None) -> str:
@@ -72,7 +64,7 @@ def save_model(path: str | Path, generator: Generator, generator_args: dict, box
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(content, tmp)
     tmp.replace(path)
-    return sha256_of(path)
+    return file_sha256(path)
 
 
 def load_model(path: str | Path) -> Model:
@@ -87,7 +79,7 @@ def load_model(path: str | Path) -> Model:
     return Model(name=content["name"], contrast=content["contrast"],
                  generator_args=content["generator"], state=content["state_dict"],
                  box=FaceBox.from_dict(content["box"]), window=tuple(content["window"]),
-                 sha256=sha256_of(path), path=str(path), training=content["training"])
+                 sha256=file_sha256(path), path=str(path), training=content["training"])
 
 
 def packaged_model_path(contrast: str) -> Path | None:
