@@ -32,6 +32,11 @@ IDENTIFYING_FIELDS = (
 )
 
 
+#: Settings that change what is written for an image (the rest are resources and selection):
+#: recorded with each image's outputs and part of its fingerprint (:mod:`bidsreface.resume`).
+OUTPUT_SETTINGS = ("deface_ears", "brain_margin_mm", "reface", "random_seed")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know, validated by :mod:`bidsreface.cli.parser`."""

@@ -184,11 +184,12 @@ def write_failure(image: AnatImage, output_dir: Path, reason: str) -> Path:
     return target
 
 
+def record_paths(output_dir: Path) -> list[Path]:
+    """The per-image records (completed and failed) under ``output_dir``, sorted."""
+    return [path for path in sorted(Path(output_dir).glob("sub-*/**/*.json"))
+            if path.name.endswith("_failed.json") or "_desc-qc_" in path.name]
+
+
 def read_records(output_dir: Path) -> list[dict]:
     """Every per-image record (completed and failed) under ``output_dir``."""
-    output_dir = Path(output_dir)
-    records = []
-    for path in sorted(output_dir.glob("sub-*/**/*.json")):
-        if path.name.endswith("_failed.json") or "_desc-qc_" in path.name:
-            records.append(json.loads(path.read_text()))
-    return records
+    return [json.loads(path.read_text()) for path in record_paths(output_dir)]

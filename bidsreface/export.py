@@ -38,7 +38,7 @@ import numpy as np
 
 from . import __codeurl__, __version__
 from .bids import scrub_sidecar, temporary_path
-from .derivatives import verify_defaced
+from .derivatives import record_paths, verify_defaced
 from .errors import UsageError
 
 #: The listing of what was left out, relative to the export's root.
@@ -241,9 +241,7 @@ def _folder_reason(rel: Path, path: Path, skip: dict[Path, str]) -> str | None:
 def _records(output_dir: Path) -> dict[str, dict]:
     """The readable per-image records of *output_dir* by raw relpath (a failure wins)."""
     records: dict[str, dict] = {}
-    for path in sorted(output_dir.glob("sub-*/**/*.json")):
-        if not (path.name.endswith("_failed.json") or "_desc-qc_" in path.name):
-            continue
+    for path in record_paths(output_dir):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             source = record["source"]

@@ -16,10 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .bids import AnatImage, load_metadata
-from .config import Settings
-
-#: Settings that change what is written for an image (the rest are resources and selection).
-OUTPUT_SETTINGS = ("deface_ears", "brain_margin_mm", "reface", "random_seed")
+from .config import OUTPUT_SETTINGS, Settings
 
 
 def file_sha256(path: str | Path) -> str:

@@ -67,15 +67,15 @@ def _configure_nipype(settings, plugin: str) -> None:
     config.set("execution", "remove_unnecessary_outputs", "false")
     config.set("monitoring", "enabled", "false")
     level = "INFO" if settings.verbosity >= 2 else "WARNING"
-    for name in ("workflow_level", "interface_level", "utils_level"):
+    names = ("workflow_level", "interface_level", "utils_level")
+    for name in names:
         config.set("logging", name, level)
     nlogging.update_logging(config)
     # worker processes start from a clean interpreter and read nipype's configuration anew:
     # hand them the same log levels through a configuration file of this run's
     config_dir = settings.work_dir / "nipype_config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    levels = "".join(f"{name} = {level}\n"
-                     for name in ("workflow_level", "interface_level", "utils_level"))
+    levels = "".join(f"{name} = {level}\n" for name in names)
     (config_dir / "nipype.cfg").write_text(f"[logging]\n{levels}")
     os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
 
@@ -169,15 +169,15 @@ def run_participant(settings) -> int:
             continue
         workflow.add_nodes([init_participant_wf(subject, subject_images, settings,
                                                 fingerprints=fingerprints, skip=done)])
+    total = sum(len(v) for v in images.values())
     started = time.time() - 1
-    if len(done) < sum(len(v) for v in images.values()):
+    if len(done) < total:
         try:
             workflow.run(plugin=plugin, plugin_args=plugin_args)
         except RuntimeError as err:  # raised after the run when some node failed
             LOGGER.info("workflow finished with errors: %s", err)
 
     failed = 0
-    total = sum(len(v) for v in images.values())
     for subject, subject_images in images.items():
         for image in subject_images:
             if image in done:

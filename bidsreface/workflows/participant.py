@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
 from ..bids import AnatImage
-from ..config import Settings
+from ..config import OUTPUT_SETTINGS, Settings
 
 REFERENCE_SUFFIX = "T1w"
 
@@ -46,6 +44,7 @@ def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
     T1w follows ``--reface``; another contrast is refaced only by a model installed for it
     (the template's face and the packaged model are T1w).
 
+    >>> from pathlib import Path
     >>> s = Settings(bids_dir=Path("/d"), output_dir=Path("/o"), analysis_level="participant",
     ...              work_dir=Path("/w"), reface="template")
     >>> reface_plan(AnatImage.from_path("/d/sub-1/anat/sub-1_T1w.nii.gz"), s)
@@ -112,8 +111,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         "crashdump_dir": str(settings.output_dir / f"sub-{subject}" / "log"),
         "crashfile_format": "txt",
     }}
-    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
-                if k in ("deface_ears", "brain_margin_mm", "reface", "random_seed")}
+    recorded = {key: getattr(settings, key) for key in OUTPUT_SETTINGS}
     registrations = {}
     references = session_references(images)
     followed = {references[i] for i in images if i not in skip}
