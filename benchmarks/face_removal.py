@@ -101,6 +101,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--colin", type=Path, help="mricron-data's templates folder")
     args = parser.parse_args()
+    # one ITK thread, as bidsreface runs it (see bidsreface.deface.register._seed_ants): set
+    # before anything imports antspyx, which the dataset builder does first
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="bidsreface-bench-") as tmp:
         rows = deface_dataset(Path(tmp))
         if args.colin:
