@@ -53,7 +53,7 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
     reg = Registration(rigid.matrix @ reference_matrix,
                        {**{f"rigid_{k}": v for k, v in rigid.metrics.items()},
                         "reference": Path(reference_file).name})
-    out_grid = map_grid(img.shape[:3], img.affine, reg.matrix, load_template(), ears=ears)
+    out_grid = map_grid(img.shape, img.affine, reg.matrix, load_template(), ears=ears)
     distance = carry_distance_map(*reference_distance, rigid.matrix, out_grid)
     return reg, distance
 

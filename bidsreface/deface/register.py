@@ -27,8 +27,9 @@ DISTANCE_MAP_MM = 1.0
 #: Template millimetres of context around the face (and ears) region in which the deformable
 #: refinement of the brain guard is computed; the rest of the head is left out, for speed.
 SYN_CONTEXT_MM = 30.0
-#: The deformable refinement may move the guard away from the brain by at most this many
-#: template millimetres from where the affine alone puts it; it may move it closer freely.
+#: The deformable refinement may shrink the brain guard by at most this many template
+#: millimetres from where the affine alone puts it; it may grow it freely, which only
+#: protects more.
 MAX_SYN_SHRINK_MM = 5.0
 #: Starting rotations (degrees about the left-right axis, then about the vertical axis).
 STARTS_DEG = ((0.0, 0.0), (-20.0, 0.0), (20.0, 0.0), (0.0, 20.0), (0.0, -20.0))
@@ -337,16 +338,15 @@ def map_grid(data_shape: tuple, data_affine: np.ndarray, matrix: np.ndarray,
 
 def _around_region(image: np.ndarray, image_affine: np.ndarray, template: Template,
                    ears: bool, context_mm: float):
-    """Crop a template-space image to the box around the face (and ears) region plus context.
+    """Crop an image on the template's axes to the face (and ears) region plus context.
 
     Returns the cropped array and its affine.
     """
     idx = np.argwhere(region(template, ears=ears))
     mm = nb.affines.apply_affine(template.affine, np.array([idx.min(0), idx.max(0)]))
-    lo_mm, hi_mm = mm.min(0) - context_mm, mm.max(0) + context_mm
-    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
-                        for c in (lo_mm[2], hi_mm[2])])
-    vox = nb.affines.apply_affine(np.linalg.inv(image_affine), corners)
+    # the grids share the template's axes: the two opposite corners bound the box
+    vox = nb.affines.apply_affine(np.linalg.inv(image_affine),
+                                  [mm.min(0) - context_mm, mm.max(0) + context_mm])
     lo = np.clip(np.floor(vox.min(0)).astype(int), 0, image.shape)
     hi = np.clip(np.ceil(vox.max(0)).astype(int) + 1, 0, image.shape)
     crop_aff = image_affine.copy()
