@@ -34,7 +34,8 @@ IDENTIFYING_FIELDS = (
 
 #: Settings that change what is written for an image (the rest are resources and selection):
 #: recorded with each image's outputs and part of its fingerprint (:mod:`bidsreface.resume`).
-OUTPUT_SETTINGS = ("deface_ears", "brain_margin_mm", "reface", "random_seed")
+OUTPUT_SETTINGS = ("deface_ears", "brain_margin_mm", "reface", "random_seed",
+                   "keep_nifti_extensions")
 
 
 @dataclass(frozen=True)
@@ -62,4 +63,5 @@ class Settings:
     export_bids: Path | None = None
     deface_ears: bool = False
     brain_margin_mm: float = 5.0
+    keep_nifti_extensions: bool = False
     verbosity: int = 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__
 from .bids import AnatImage, derivative_path, temporary_path, write_json_atomic, write_sidecar
-from .image import stored_values
+from .image import changed_voxels, header_identifiers, read_header, scaling
 
 
 def qc_path(output_dir: Path, image: AnatImage) -> Path:
@@ -44,7 +44,8 @@ def failure_path(output_dir: Path, image: AnatImage) -> Path:
 def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndarray,
                    kind: str = "defaced") -> dict:
     """Check a de-identified image against its input; raise if anything outside the mask
-    changed (``kind`` names the output in the message)."""
+    changed, as stored or as read (scaled), or if its grid, dtype or scaling differ (``kind``
+    names the output in the message)."""
     raw, out = nb.load(raw_file), nb.load(defaced_file)
     problems = []
     if raw.shape != out.shape:
@@ -53,15 +54,47 @@ def verify_defaced(raw_file: str | Path, defaced_file: str | Path, mask: np.ndar
         problems.append(f"dtype {out.get_data_dtype()} != {raw.get_data_dtype()}")
     if not np.array_equal(raw.affine, out.affine):
         problems.append("affine differs")
-    a, b = stored_values(raw_file), stored_values(defaced_file)
-    changed_outside = int(np.count_nonzero((a != b) & ~mask.reshape(a.shape)))
-    if changed_outside:
-        problems.append(f"{changed_outside} voxels changed outside the deface mask")
+    raw_scaling, out_scaling = scaling(read_header(raw_file)), scaling(read_header(defaced_file))
+    if raw_scaling != out_scaling:
+        problems.append(f"scaling (slope, inter) {out_scaling} != {raw_scaling}")
+    counts = changed_voxels(raw_file, defaced_file, mask) if raw.shape == out.shape else {}
+    if counts.get("changed_outside_mask"):
+        problems.append(f"{counts['changed_outside_mask_stored']} voxels changed outside the "
+                        f"deface mask as stored, {counts['changed_outside_mask_values']} as "
+                        f"read (scaled)")
     if problems:
         raise RuntimeError(f"{raw_file}: {kind} output failed verification: "
                            + "; ".join(problems))
-    return {"changed_outside_mask": changed_outside,
-            "changed_inside_mask": int(np.count_nonzero(a != b))}
+    return counts
+
+
+def header_record(raw_file: str | Path, out_file: str | Path, keep_extensions: bool) -> dict:
+    """What the output's NIfTI header dropped from the input's; raise if an extension or a
+    free-text field that should be gone is still there."""
+    raw, out = header_identifiers(raw_file), header_identifiers(out_file)
+    left = [field for field in out["text_fields"] if field != "descrip"]
+    if not keep_extensions and out["extensions"]:
+        left += [f"extension {ext['code']} ({ext['name']})" for ext in out["extensions"]]
+    if left:
+        raise RuntimeError(f"{out_file}: header still holds {', '.join(left)}")
+    return {"extensions_removed": [] if keep_extensions else raw["extensions"],
+            "extensions_kept": raw["extensions"] if keep_extensions else [],
+            "text_fields_cleared": raw["text_fields"]}
+
+
+def header_sidecar(record: dict) -> dict:
+    """The sidecar's account of what the NIfTI header lost (see :func:`header_record`).
+
+    >>> header_sidecar({"extensions_removed": [{"code": 4, "name": "afni"}],
+    ...                 "extensions_kept": [], "text_fields_cleared": ["descrip"]})
+    {'NiftiHeaderScrubbed': {'ExtensionsRemoved': ['4 (afni)'], 'FieldsCleared': ['descrip']}}
+    """
+    entry = {"ExtensionsRemoved": [f"{e['code']} ({e['name']})"
+                                   for e in record["extensions_removed"]],
+             "FieldsCleared": list(record["text_fields_cleared"])}
+    if record["extensions_kept"]:
+        entry["ExtensionsKept"] = [f"{e['code']} ({e['name']})" for e in record["extensions_kept"]]
+    return {"NiftiHeaderScrubbed": entry}
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -91,9 +124,12 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
     output_dir = Path(output_dir)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     checks = verify_defaced(image.path, defaced_file, mask)
+    keep_extensions = bool(settings.get("keep_nifti_extensions", False))
+    header = header_record(image.path, defaced_file, keep_extensions)
     if refaced_file is not None:
         refaced_checks = verify_defaced(image.path, refaced_file, mask, kind="refaced")
         checks["refaced_changed_outside_mask"] = refaced_checks["changed_outside_mask"]
+        header_record(image.path, refaced_file, keep_extensions)
     defaced = derivative_path(output_dir, image, desc="defaced")
     mask_out = derivative_path(output_dir, image, mod=image.suffix, suffix="defacemask")
     _copy_atomic(Path(defaced_file), defaced)
@@ -103,13 +139,15 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
         "Description": "Defaced by bidsreface: face-mask voxels set to background.",
         "DefaceMask": rel(mask_out),
         "DefacedBy": {"Name": "bidsreface", "Version": __version__},
+        **header_sidecar(header),
     })
     outputs = {"defaced": rel(defaced), "mask": rel(mask_out)}
     if refaced_file is not None:
         refaced = derivative_path(output_dir, image, desc="refaced")
         _copy_atomic(Path(refaced_file), refaced)
         write_sidecar(derivative_path(output_dir, image, desc="refaced", extension=".json"),
-                      image, refaced_sidecar(reface_info or {}, rel(mask_out)))
+                      image, {**refaced_sidecar(reface_info or {}, rel(mask_out)),
+                              **header_sidecar(header)})
         outputs["refaced"] = rel(refaced)
     outputs["figures"] = _write_figures(output_dir, image, figures or [], rel)
     qc = qc or {}
@@ -124,6 +162,7 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
         "mask": mask_info,
         "reface": reface_info or {"reface_method": "none"},
         "checks": checks,
+        "nifti_header": header,
         "qc": qc,
         "settings": settings,
         "version": __version__,

@@ -23,7 +23,6 @@ a non-empty folder that holds no earlier export is refused.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from . import __codeurl__, __version__
 from .bids import scrub_sidecar, temporary_path
 from .derivatives import record_paths, verify_defaced
 from .errors import UsageError
+from .image import changed_voxels, nifti_bytes, read_header, stored_values
 
 #: The listing of what was left out, relative to the export's root.
 LISTING = "code/bidsreface/left_out.tsv"
@@ -307,14 +307,32 @@ def deidentification_method(record: dict, kind: str) -> str:
     text = (f"Defaced by bidsreface {record.get('version', __version__)}: the voxels of the "
             f"face mask set to background")
     if kind == "defaced":
-        return text + "."
+        return text + "." + _header_note(record)
     reface = record.get("reface") or {}
     if reface.get("reface_method") == "cgan":
         filler = (f"a synthetic face from a 3D conditional GAN (model {reface.get('model')}, "
                   f"sha256 {reface.get('model_sha256')}, seed {reface.get('seed')})")
     else:
         filler = "the template's face, intensity-matched"
-    return f"{text}, then refilled with {filler}; every other voxel is the original's."
+    return (f"{text}, then refilled with {filler}; every other voxel is the original's."
+            + _header_note(record))
+
+
+def _header_note(record: dict) -> str:
+    """What the image's NIfTI header lost, for ``DeidentificationMethod``.
+
+    >>> _header_note({"nifti_header": {"extensions_removed": [{"code": 4, "name": "afni"}],
+    ...               "extensions_kept": [], "text_fields_cleared": ["descrip"]}})
+    ' NIfTI header: extensions removed (4 afni); free-text fields cleared (descrip).'
+    """
+    header = record.get("nifti_header") or {}
+    parts = []
+    if header.get("extensions_removed"):
+        codes = ", ".join(f"{e['code']} {e['name']}" for e in header["extensions_removed"])
+        parts.append(f"extensions removed ({codes})")
+    if header.get("text_fields_cleared"):
+        parts.append(f"free-text fields cleared ({', '.join(header['text_fields_cleared'])})")
+    return f" NIfTI header: {'; '.join(parts)}." if parts else ""
 
 
 def _plan_other(plan: Plan, relpath: str, bids_dir: Path) -> None:
@@ -411,7 +429,11 @@ def _write_image(source: Path, target: Path, *, extra: str, relpath: str, bids_d
     """The de-identified image under the raw name (3D), and its scrubbed, noted sidecar."""
     img = nb.load(source)
     if len(img.shape) > 3 and all(size == 1 for size in img.shape[3:]):
-        _write_new(target, _as_3d(img, target.name.endswith(".gz")))
+        _write_new(target, _as_3d(source, target.name.endswith(".gz")))
+        counts = changed_voxels(source, target, np.zeros(img.shape[:3], bool))
+        if counts["changed_outside_mask"]:
+            raise RuntimeError(f"{target}: the 3D copy of {source} differs from it in "
+                               f"{counts['changed_outside_mask']} voxels")
     else:
         _link(source, target)
     stem = relpath.removesuffix(".gz").removesuffix(".nii")
@@ -424,24 +446,18 @@ def _write_image(source: Path, target: Path, *, extra: str, relpath: str, bids_d
     _write_new(target.parent / f"{Path(stem).name}.json", _json_bytes(meta))
 
 
-def _as_3d(img: nb.Nifti1Image, compress: bool) -> bytes:
+def _as_3d(source: Path, compress: bool) -> bytes:
     """The file of a one-volume 4D image as 3D: only the header's ``dim[0]`` changes.
 
-    The BIDS validator refuses a 4D T1w; the stored values, scaling and affine stay as they
-    are.
+    The BIDS validator refuses a 4D T1w; the stored values, the header as the file stores it
+    (scaling included) and the affine stay as they are.
     """
-    header = img.header.copy()
+    header = read_header(source)
     dim = header["dim"].copy()
     dim[0] = 3
     header["dim"] = dim
-    buffer = io.BytesIO()
-    header.write_to(buffer)
-    buffer.write(b"\0" * max(int(header.get_data_offset()) - buffer.tell(), 0))
-    stored = np.asanyarray(img.dataobj.get_unscaled())
-    buffer.write(stored.astype(header.get_data_dtype(), copy=False).tobytes(order="F"))
-    if not compress:
-        return buffer.getvalue()
-    return gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0)
+    content = nifti_bytes(header, stored_values(source))
+    return gzip.compress(content, compresslevel=1, mtime=0) if compress else content
 
 
 def _write_scans(source: Path, target: Path, *, plan: Plan, relpath: str, **_) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from nibabel.nifti1 import extension_codes
+from nibabel.openers import ImageOpener
 
 from . import __version__
 from .errors import ImageError
@@ -84,32 +86,156 @@ def background_value(data: np.ndarray):
     return 0 if lo <= 0 else lo
 
 
+#: Free-text header fields that converters and tools fill with names, dates and notes.
+TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
+
+
+def read_header(path: str | Path) -> nb.Nifti1Header:
+    """The header exactly as the file stores it: scaling, ``vox_offset`` and extensions included.
+
+    nibabel moves a loaded image's scaling into its data proxy and blanks ``scl_slope``,
+    ``scl_inter`` and ``vox_offset`` in ``img.header``; an output written with a copy of that
+    header would read back off by the slope. This header is read from the file itself (a
+    :class:`nibabel.Nifti2Header` for a NIfTI-2 file).
+    """
+    header_class = nb.load(path).header_class
+    with ImageOpener(path) as fobj:
+        return header_class.from_fileobj(fobj)
+
+
+def scaling(header: nb.Nifti1Header) -> tuple[float, float]:
+    """``(slope, inter)`` a reader applies: ``(1, 0)`` where the file asks for no scaling (slope
+    0 or NaN), as nibabel reads it.
+
+    >>> h = nb.Nifti1Header(); h.set_data_dtype(np.int16)
+    >>> h["scl_slope"], h["scl_inter"] = 0, 5
+    >>> scaling(h)
+    (1.0, 0.0)
+    >>> h["scl_slope"] = 2.5
+    >>> scaling(h)
+    (2.5, 5.0)
+    """
+    slope, inter = header.get_slope_inter()
+    return (1.0 if slope is None else float(slope)), (0.0 if inter is None else float(inter))
+
+
+def to_stored(values: np.ndarray, header: nb.Nifti1Header) -> np.ndarray:
+    """Intensities as a reader sees them turned into the values ``header`` stores: the inverse
+    of its scaling, rounded and clipped to its dtype (native byte order).
+
+    >>> h = nb.Nifti1Header(); h.set_data_dtype(np.uint8); h.set_slope_inter(13.9, 0)
+    >>> to_stored(np.array([0.0, 139.0, 1e6, -5.0]), h)
+    array([  0,  10, 255,   0], dtype=uint8)
+    """
+    slope, inter = scaling(header)
+    dtype = header.get_data_dtype().newbyteorder("=")
+    raw = (np.asarray(values, np.float64) - inter) / slope
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    if np.issubdtype(dtype, np.integer):
+        raw = np.rint(raw)
+    return np.clip(raw, info.min, info.max).astype(dtype)
+
+
+def stored_background(stored: np.ndarray, header: nb.Nifti1Header) -> np.ndarray:
+    """The stored value whose scaled value is the image's background (see
+    :func:`background_value`, taken on the values a reader sees).
+
+    >>> h = nb.Nifti1Header(); h.set_data_dtype(np.int16); h.set_slope_inter(2.0, -100.0)
+    >>> int(stored_background(np.array([10, 70, 900], np.int16), h))
+    50
+    """
+    slope, inter = scaling(header)
+    ends = np.array([stored.min(), stored.max()], np.float64) * slope + inter
+    return to_stored(np.asarray(background_value(ends)), header)
+
+
 def stored_values(path: str | Path) -> np.ndarray:
     """The values as stored on disk (no scaling), as a 3D array in the file's dtype."""
     raw = nb.load(path)
     return np.asanyarray(raw.dataobj.get_unscaled()).reshape(raw.shape[:3])
 
 
-def save_like(stored: np.ndarray, source: str | Path, out_path: str | Path, note: str) -> Path:
-    """Write stored values with the exact header, affine, shape and dtype of ``source``.
+def header_identifiers(path: str | Path) -> dict:
+    """What of a file's header can identify a person or a site and is not kept in outputs: its
+    extensions (code and name) and its non-empty free-text fields (:data:`TEXT_FIELDS`)."""
+    header = read_header(path)
+    return {
+        "extensions": [{"code": int(ext.get_code()),
+                        "name": str(extension_codes.label.get(int(ext.get_code()), "unknown"))}
+                       for ext in header.extensions],
+        "text_fields": [name for name in TEXT_FIELDS if name in header
+                        and bytes(header[name]).strip(b"\0 ")],
+    }
+
+
+def output_header(source: str | Path, note: str, *,
+                  keep_extensions: bool = False) -> nb.Nifti1Header:
+    """The header an output of ``source`` is written with: the file's own (geometry, dtype,
+    scaling, units, ``dim_info``, slice timing, ``intent_code``), its free-text fields cleared
+    and ``descrip`` set to *note*, its extensions dropped unless *keep_extensions*."""
+    header = read_header(source)
+    for name in TEXT_FIELDS:
+        if name in header:
+            header[name] = b""
+    header["descrip"] = f"{note} by bidsreface {__version__}"[:79].encode()
+    if not keep_extensions:
+        header.extensions.clear()
+    header["vox_offset"] = 0  # written as the smallest offset that holds header and extensions
+    return header
+
+
+def save_like(stored: np.ndarray, source: str | Path, out_path: str | Path, note: str, *,
+              keep_extensions: bool = False) -> Path:
+    """Write stored values with the header of ``source`` (see :func:`output_header`).
 
     ``stored`` holds values as the file stores them (see :func:`stored_values`), so voxels not
-    changed stay bit-identical, scaling included. Only the header's ``descrip`` changes
-    (``note`` and the bidsreface version). The file is written under a temporary name and
-    renamed, so a half-written output never exists.
+    changed read back identical, as stored bytes and as scaled values. The file is written
+    under a temporary name and renamed, so a half-written output never exists.
     """
-    raw = nb.load(source)
-    header = raw.header.copy()
-    header["descrip"] = f"{note} by bidsreface {__version__}"[:79].encode()
-    dtype = header.get_data_dtype()
+    header = output_header(source, note, keep_extensions=keep_extensions)
     stored = np.asarray(stored)
-    if stored.size != int(np.prod(raw.shape)) or stored.dtype != dtype.newbyteorder("="):
+    dtype = header.get_data_dtype()
+    if (stored.size != int(np.prod(header.get_data_shape()))
+            or stored.dtype.newbyteorder("=") != dtype.newbyteorder("=")):
         raise ValueError(f"stored values do not match {source}: {stored.dtype} {stored.shape}")
+    return _write_atomic(Path(out_path), nifti_bytes(header, stored))
+
+
+def nifti_bytes(header: nb.Nifti1Header, stored: np.ndarray) -> bytes:
+    """A single-file NIfTI image: *header*, its extensions, then *stored* in its dtype."""
     buffer = io.BytesIO()
     header.write_to(buffer)
-    buffer.write(b"\0" * max(int(header.get_data_offset()) - buffer.tell(), 0))
-    buffer.write(stored.reshape(raw.shape).astype(dtype, copy=False).tobytes(order="F"))
-    return _write_atomic(Path(out_path), buffer.getbuffer())
+    buffer.write(b"\0" * max(int(header["vox_offset"]) - buffer.tell(), 0))
+    data = np.asarray(stored).reshape(header.get_data_shape())
+    buffer.write(data.astype(header.get_data_dtype(), copy=False).tobytes(order="F"))
+    return buffer.getvalue()
+
+
+def changed_voxels(raw_file: str | Path, out_file: str | Path, mask: np.ndarray) -> dict:
+    """Voxels that differ between an input and its output, outside and inside ``mask``: as
+    stored (bytes) and as a reader sees them (scaled values). Raises ``ValueError`` for
+    images of different grids (a 4D image of one volume and its 3D copy compare)."""
+    raw, out = nb.load(raw_file), nb.load(out_file)
+    shape = raw.shape[:3]
+    if out.shape[:3] != shape or int(np.prod(out.shape)) != int(np.prod(raw.shape)):
+        raise ValueError(f"shape {out.shape} != {raw.shape}")
+    mask = np.asarray(mask, bool).reshape(shape)
+    a, b = (np.asanyarray(img.dataobj.get_unscaled()).reshape(shape) for img in (raw, out))
+    if a.dtype.newbyteorder("=") == b.dtype.newbyteorder("="):
+        bits = f"u{a.dtype.itemsize}"
+        stored = (a.astype(a.dtype.newbyteorder("=")).view(bits)
+                  != b.astype(b.dtype.newbyteorder("=")).view(bits))
+    else:
+        stored = np.ones(shape, bool)
+    del a, b
+    a, b = (np.asanyarray(img.dataobj).reshape(shape) for img in (raw, out))
+    values = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    del a, b
+    either = stored | values
+    return {"changed_outside_mask": int(np.count_nonzero(either & ~mask)),
+            "changed_outside_mask_stored": int(np.count_nonzero(stored & ~mask)),
+            "changed_outside_mask_values": int(np.count_nonzero(values & ~mask)),
+            "changed_inside_mask": int(np.count_nonzero(either & mask))}
 
 
 def _write_atomic(path: Path, content) -> Path:
@@ -132,11 +258,11 @@ def _write_atomic(path: Path, content) -> Path:
 
 
 def save_mask(mask: np.ndarray, reference: str | Path, out_path: str | Path) -> Path:
-    """Write a uint8 mask on the grid of ``reference`` (3D, same affine and qform/sform)."""
-    raw = nb.load(reference)
-    out = nb.Nifti1Image(mask.reshape(raw.shape[:3]).astype(np.uint8), raw.affine)
-    out.set_qform(raw.header.get_qform(), code=int(raw.header["qform_code"]) or 1)
-    out.set_sform(raw.header.get_sform(), code=int(raw.header["sform_code"]) or 1)
-    out.header.set_xyzt_units(*raw.header.get_xyzt_units())
-    out.header["descrip"] = f"face mask by bidsreface {__version__}".encode()
-    return _write_atomic(Path(out_path), out.to_bytes())
+    """Write a uint8 mask on the grid of ``reference``: its header (3D, the same qform and
+    sform with their codes, units), unscaled, without extensions or free text."""
+    header = output_header(reference, "face mask")
+    header.set_data_shape(header.get_data_shape()[:3])
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["intent_code"], header["cal_min"], header["cal_max"] = 0, 0, 0
+    return _write_atomic(Path(out_path), nifti_bytes(header, np.asarray(mask).astype(np.uint8)))

@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--deface-ears", action="store_true", help="remove the ears too")
     method.add_argument("--brain-margin-mm", type=_margin, default=5.0, metavar="MM",
                         help="distance kept between the brain and the face mask (>= 5)")
+    method.add_argument("--keep-nifti-extensions", action="store_true",
+                        help="keep the inputs' NIfTI header extensions in the outputs (by "
+                             "default they are dropped: they may hold DICOM headers, names "
+                             "and dates)")
     return parser
 
 
@@ -360,5 +364,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         reface_model=reface_model,
         deface_ears=opts.deface_ears,
         brain_margin_mm=opts.brain_margin_mm,
+        keep_nifti_extensions=opts.keep_nifti_extensions,
         verbosity=opts.verbosity,
     )

@@ -7,8 +7,9 @@ import numpy as np
 from ..image import background_value
 
 
-def deface(stored: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Return a copy of ``stored`` with the voxels of ``mask`` set to the background value.
+def deface(stored: np.ndarray, mask: np.ndarray, background=None) -> np.ndarray:
+    """Return a copy of ``stored`` with the voxels of ``mask`` set to ``background`` (a stored
+    value; by default :func:`~bidsreface.image.background_value` of ``stored``).
 
     ``stored`` holds the values as the file stores them, so every voxel outside the mask
     stays bit-identical.
@@ -20,5 +21,7 @@ def deface(stored: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if mask.shape != stored.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {stored.shape}")
     out = stored.copy()
-    out[mask] = np.asarray(background_value(stored)).astype(stored.dtype)
+    if background is None:
+        background = background_value(stored)
+    out[mask] = np.asarray(background).astype(stored.dtype)
     return out

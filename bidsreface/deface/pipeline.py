@@ -7,7 +7,14 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from ..image import load_image, save_like, save_mask, stored_values
+from ..image import (
+    load_image,
+    read_header,
+    save_like,
+    save_mask,
+    stored_background,
+    stored_values,
+)
 from .apply import deface
 from .mask import face_mask
 from .register import (
@@ -61,16 +68,20 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
 def deface_file(in_file: str, matrix: np.ndarray, out_dir: str | Path, *, ears: bool = False,
                 brain_margin_mm: float = 5.0,
                 brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
-                ) -> tuple[Path, Path, dict]:
+                keep_extensions: bool = False) -> tuple[Path, Path, dict]:
     """Deface one image; write the defaced image and its mask into ``out_dir``.
 
-    Returns the two paths and the mask's figures.
+    The defaced image keeps the input's header (scaling included) without its free-text
+    fields, and without its extensions unless *keep_extensions*. Returns the two paths and
+    the mask's figures.
     """
     stored = stored_values(in_file)  # the file was checked by the registration step
     affine = nb.load(in_file).affine
     mask, info = face_mask(stored.shape, affine, matrix, load_template(), ears=ears,
                            brain_margin_mm=brain_margin_mm, brain_distance=brain_distance)
     out_dir = Path(out_dir)
-    defaced = save_like(deface(stored, mask), in_file, out_dir / "defaced.nii.gz", "defaced")
+    background = stored_background(stored, read_header(in_file))
+    defaced = save_like(deface(stored, mask, background), in_file, out_dir / "defaced.nii.gz",
+                        "defaced", keep_extensions=keep_extensions)
     mask_file = save_mask(mask, in_file, out_dir / "defacemask.nii.gz")
     return defaced, mask_file, info

@@ -90,10 +90,15 @@ def grid(shape: tuple, affine: np.ndarray, mm: float):
 
 
 def head_mask(data: np.ndarray) -> np.ndarray:
-    """Head (not air) by Otsu's threshold, largest component, holes filled."""
+    """Head (not air) by Otsu's threshold, largest component, holes filled.
+
+    The cut lies halfway between the image's minimum (its air, 0 in most scans, not in one
+    stored with an intercept) and Otsu's threshold.
+    """
     values = data[data > np.percentile(data, 2)]
-    threshold = otsu(values) if values.size else 0.0
-    mask = data > 0.5 * threshold
+    lowest = float(data.min())
+    threshold = otsu(values) if values.size else lowest
+    mask = data > lowest + 0.5 * (threshold - lowest)
     mask = ndimage.binary_opening(mask, iterations=1)
     labels, n = ndimage.label(mask)
     if n > 1:

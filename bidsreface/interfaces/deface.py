@@ -69,6 +69,7 @@ class _DefaceInputSpec(BaseInterfaceInputSpec):
     distance_file = File(exists=True, mandatory=True, desc="brain distance map")
     deface_ears = traits.Bool(False, usedefault=True)
     brain_margin_mm = traits.Float(5.0, usedefault=True)
+    keep_extensions = traits.Bool(False, usedefault=True, desc="keep NIfTI header extensions")
 
 
 class _DefaceOutputSpec(TraitedSpec):
@@ -93,7 +94,8 @@ class DefaceImage(SimpleInterface):
         out, mask, info = deface_file(
             self.inputs.in_file, np.loadtxt(self.inputs.matrix_file), runtime.cwd,
             ears=self.inputs.deface_ears, brain_margin_mm=self.inputs.brain_margin_mm,
-            brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine))
+            brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine),
+            keep_extensions=self.inputs.keep_extensions)
         metrics_file = os.path.join(runtime.cwd, "mask.json")
         with open(metrics_file, "w") as fobj:
             json.dump(info, fobj, indent=2)

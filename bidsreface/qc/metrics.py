@@ -31,17 +31,6 @@ MAX_HEAD_SCALE_CHANGE = 0.05
 # --------------------------------------------------------------------------- voxels
 
 
-def changed_outside(raw: np.ndarray, out: np.ndarray, mask: np.ndarray) -> int:
-    """Voxels that differ between *raw* and *out* outside *mask* (stored values).
-
-    >>> a = np.zeros((2, 2, 2)); b = a.copy(); b[0, 0, 0] = 1; b[1, 1, 1] = 1
-    >>> m = np.zeros((2, 2, 2), bool); m[0, 0, 0] = True
-    >>> changed_outside(a, b, m)
-    1
-    """
-    return int(np.count_nonzero((raw != out) & ~mask.reshape(raw.shape)))
-
-
 def guard_overlap(mask: np.ndarray, affine: np.ndarray, distance: np.ndarray,
                   distance_affine: np.ndarray, guard_mm: float) -> int:
     """Voxels of *mask* closer than *guard_mm* to the brain, per a brain distance map.
@@ -229,11 +218,12 @@ def _volume(img: nb.Nifti1Image) -> np.ndarray:
 def voxel_checks(raw_file, outputs: dict, mask: np.ndarray, matrix: np.ndarray,
                  registration: dict, mask_info: dict, distance_file,
                  brain_margin_mm: float) -> dict:
-    """Registration quality, mask volume, brain-guard overlap, voxels changed outside the mask.
+    """Registration quality, mask volume, brain-guard overlap, voxels changed outside the mask
+    (as stored and as read, scaled).
 
     *outputs* maps ``defaced``/``refaced`` to their images; their counts go under their name.
     """
-    from ..image import stored_values
+    from ..image import changed_voxels
 
     raw_img, distance = nb.load(raw_file), nb.load(distance_file)
     guard_mm = guard_margin_mm(matrix, brain_margin_mm)
@@ -247,10 +237,11 @@ def voxel_checks(raw_file, outputs: dict, mask: np.ndarray, matrix: np.ndarray,
                                        guard_mm),
         "guard_mm_template": round(guard_mm, 3),
     }
-    raw = stored_values(raw_file)
     for kind, img in outputs.items():
-        checks[kind] = {"changed_outside_mask": changed_outside(
-            raw, stored_values(img.get_filename()), mask)}
+        counts = changed_voxels(raw_file, img.get_filename(), mask)
+        checks[kind] = {key: counts[key] for key in ("changed_outside_mask",
+                                                     "changed_outside_mask_stored",
+                                                     "changed_outside_mask_values")}
     checks["changed_outside_mask"] = sum(checks[k]["changed_outside_mask"] for k in outputs)
     return checks
 

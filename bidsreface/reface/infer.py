@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 from ..deface.register import otsu
-from ..image import background_value, save_like, stored_values
+from ..image import background_value, read_header, save_like, stored_values, to_stored
 from .data import box_inputs
 from .space import Scaling, sample_from_box
 from .weights import Model
@@ -134,18 +134,6 @@ def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background
     return np.where(keep, values, background)
 
 
-def to_stored(values: np.ndarray, source: str | Path) -> np.ndarray:
-    """Scaled intensities back to the values ``source`` stores (its dtype, slope, range)."""
-    img = nb.load(source)
-    slope, inter = img.dataobj.slope, img.dataobj.inter
-    dtype = img.get_data_dtype().newbyteorder("=")
-    raw = (np.asarray(values, np.float64) - inter) / slope
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        raw = np.clip(np.rint(raw), info.min, info.max)
-    return raw.astype(dtype)
-
-
 def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_file: str | Path,
               note: str) -> tuple[Path, dict]:
     """Write ``defaced_file`` with its mask's voxels replaced by ``values_fn(data, affine,
@@ -156,9 +144,11 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
     background = float(background_value(data))
     values = clean_air(values_fn(data, img.affine, mask, background), data, mask, background)
     stored = stored_values(defaced_file).copy()
-    stored[mask] = to_stored(values, defaced_file)
+    stored[mask] = to_stored(values, read_header(defaced_file))
     filled = int((values != background).sum())
-    path = save_like(stored, defaced_file, out_file, note)
+    # the defaced image's header was scrubbed as the run asked: its extensions are kept as
+    # they are there
+    path = save_like(stored, defaced_file, out_file, note, keep_extensions=True)
     return path, {"reface_voxels": filled,
                   "reface_fraction": round(filled / max(int(mask.sum()), 1), 4)}
 

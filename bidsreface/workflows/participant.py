@@ -138,7 +138,8 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             continue
         deface = pe.Node(
             DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
-                        brain_margin_mm=settings.brain_margin_mm),
+                        brain_margin_mm=settings.brain_margin_mm,
+                        keep_extensions=settings.keep_nifti_extensions),
             name=f"deface_{key}", mem_gb=1.5)
         sink = pe.Node(
             DerivativesSink(source_file=str(image.path), bids_dir=str(settings.bids_dir),
