@@ -18,11 +18,17 @@ The rules (:func:`collection_leaders`):
   lies on the same grid and whose suffix it belongs to (:data:`MAPS`). Maps that join none
   form a collection among themselves under the same rule (an MP2RAGE shared as ``UNIT1`` and
   ``T1map`` only).
-- The leader is the part that registers best: a magnitude (or part-less) image before a real
+- The leader is the part expected to register best: a magnitude (or part-less) image before a real
   or imaginary one before a phase; a part of the acquisition before a map, and among maps
   :data:`MAP_PREFERENCE`; then the last inversion (MP2RAGE ``inv-2``: the head fully
   recovered, a clean background), the first echo (the most signal), the largest flip angle
   (closest to T1w contrast), ``mt-off`` before ``mt-on``, and finally the file name.
+
+The collection is registered through its leader; if that registration fails its check, the
+next parts in this order (at most :data:`MAX_REGISTRATION_TRIES`, phase parts never) are tried,
+and the first that passes places the mask (recorded as ``registered_from``): on one grid, any
+part's registration places the same mask. Every member's record names the leader whose mask
+it shares (``mask_from``).
 
 Images on a grid of their own, T1w and the other non-parametric contrasts are no collection:
 each is registered and masked itself.
@@ -166,6 +172,25 @@ def collection_leaders(images: Iterable[AnatImage],
     """``{member: leader}`` for every collection member that is not its leader."""
     return {member: group[0] for group in collection_groups(images, grid)
             for member in group[1:]}
+
+
+#: Parts a collection's registration tries, in the leader rule's order (phase parts never).
+MAX_REGISTRATION_TRIES = 3
+
+
+def registration_candidates(leader: AnatImage, members: Iterable[AnatImage]) -> list[AnatImage]:
+    """The parts whose registration may place a collection's mask, the leader first: the
+    next ones are tried only when the one before fails its check.
+
+    >>> names = ["sub-1_inv-2_part-mag_MP2RAGE.nii", "sub-1_inv-2_part-phase_MP2RAGE.nii",
+    ...          "sub-1_inv-1_part-mag_MP2RAGE.nii", "sub-1_UNIT1.nii", "sub-1_T1map.nii"]
+    >>> leader, *members = [AnatImage.from_path(f"/d/sub-1/anat/{n}") for n in names]
+    >>> [i.path.name for i in registration_candidates(leader, members)]
+    ['sub-1_inv-2_part-mag_MP2RAGE.nii', 'sub-1_inv-1_part-mag_MP2RAGE.nii', 'sub-1_UNIT1.nii']
+    """
+    parts = sorted({leader, *members}, key=leader_rank)
+    usable = [p for p in parts if p.entities.get("part") != "phase" or p == leader]
+    return usable[:MAX_REGISTRATION_TRIES]
 
 
 def whole_collections(selected: Iterable[AnatImage],

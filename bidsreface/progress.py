@@ -109,6 +109,7 @@ class Progress:
         self.first_start: dict[AnatImage, float] = {}
         self.outcomes: dict[AnatImage, tuple[str, str]] = {}
         self.pending: list[tuple[AnatImage, str]] = []
+        self.over = False  # the run is over: no time left to estimate
 
     # ------------------------------------------------------------------ nipype's callback
 
@@ -203,7 +204,7 @@ class Progress:
             line += f"ok, {duration(seconds)}"
         else:
             line += f"failed: {reason}"
-        left = time_left(now - self.started_at, done, self.total)
+        left = "" if self.over else time_left(now - self.started_at, done, self.total)
         print(line + (f"; {left}" if left else ""), file=self.stream, flush=True)
 
     def failure(self, image: AnatImage) -> str | None:
@@ -216,5 +217,6 @@ class Progress:
         (status, reason)}`` as found from the records and crash files)."""
         self.flush()
         self.pending = []  # no crash file of this run: the outcomes given decide
+        self.over = True
         for image, (status, reason) in outcomes.items():
             self.report(image, status, reason)

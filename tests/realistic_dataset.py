@@ -47,11 +47,13 @@ MP2RAGE_LEADER = "sub-01/ses-2/anat/sub-01_ses-2_inv-2_part-mag_MP2RAGE.nii"
 #: Tissue classes by T1w intensity (fractions of the 99th percentile): air, CSF, grey matter,
 #: white matter, fat; each contrast maps them to its own values (as demo.t2w_contrast).
 _NODES = (0.0, 0.08, 0.2, 0.45, 0.78, 1.0)
+#: The air keeps the real scan's faint background (not exactly 0), as magnitude images do;
+#: the T1map is 0 in the air, as fitting software writes it.
 _CONTRASTS = {
-    "FLAIR": (0.0, 0.0, 120.0, 700.0, 450.0, 520.0),
-    "inv1": (0.0, 0.0, 380.0, 90.0, 260.0, 420.0),
-    "inv2": (0.0, 0.0, 900.0, 800.0, 700.0, 1000.0),
-    "UNIT1": (0.0, 0.0, 600.0, 1900.0, 3000.0, 3300.0),
+    "FLAIR": (0.0, 30.0, 120.0, 700.0, 450.0, 520.0),
+    "inv1": (0.0, 20.0, 380.0, 90.0, 260.0, 420.0),
+    "inv2": (0.0, 40.0, 900.0, 800.0, 700.0, 1000.0),
+    "UNIT1": (0.0, 130.0, 600.0, 1900.0, 3000.0, 3300.0),
     "T1map": (0.0, 0.0, 4000.0, 1400.0, 800.0, 350.0),
 }
 

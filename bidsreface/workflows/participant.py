@@ -112,9 +112,9 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     Written by the sinks under ``settings.output_dir``; crash files go to
     ``<output_dir>/sub-<label>/log``.
     """
-    from ..collection import collection_leaders, whole_collections
+    from ..collection import collection_leaders, registration_candidates, whole_collections
     from ..interfaces.bids import DerivativesSink
-    from ..interfaces.collection import ShareMask
+    from ..interfaces.collection import RegisterCollection, ShareMask
     from ..interfaces.deface import DefaceImage, RegisterImage
     from ..interfaces.qc import ImageQC
     from ..interfaces.reface import RefaceImage
@@ -128,6 +128,9 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     registrations, masks = {}, {}
     references = session_references(images)
     leaders = collection_leaders(images)
+    members: dict[AnatImage, list[AnatImage]] = {}
+    for member, leader in leaders.items():
+        members.setdefault(leader, []).append(member)
     skip = whole_collections(skip, leaders) if leaders else skip
     followed = {references[i] for i in images if i not in skip}
     fingerprints = fingerprints or {}
@@ -149,11 +152,18 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                                          ("metrics_file", "mask_metrics_file")]),
             ])  # fmt: skip
             registration = (deface, "registration_file")
+        elif image in members:  # a collection's leader: its parts as fallbacks
+            register = pe.Node(
+                RegisterCollection(in_files=[str(i.path) for i in registration_candidates(
+                                       image, members[image])],
+                                   deface_ears=settings.deface_ears, seed=settings.random_seed),
+                name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         else:
             register = pe.Node(
                 RegisterImage(in_file=str(image.path), deface_ears=settings.deface_ears,
                               seed=settings.random_seed),
                 name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
+        if leader is None:
             reference = references[image]
             if reference is not None and reference in registrations:
                 register.inputs.reference_file = str(reference.path)
