@@ -155,3 +155,12 @@ def test_progress_lines(realistic_run):
     assert "Traceback" not in realistic_run["stderr"]
     assert not any("warning" in line for line in lines)  # nothing asked for is missing
     assert "bidsreface: 10 of 10 images de-identified" in lines
+
+
+def test_report_says_what_was_done(realistic_run):
+    report = (realistic_run["out"] / "sub-01.html").read_text()
+    assert report.count("De-identified: defaced, then refaced (cgan).") == 1  # the T1w
+    leader = MP2RAGE_LEADER.rsplit("/", 1)[-1]
+    assert report.count(f"De-identified: defaced (face mask of {leader}, same "
+                        f"acquisition).") == len(MP2RAGE) - 1
+    assert report.count("De-identified: defaced.") == 3  # FLAIR, inplaneT2, the leader
