@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -137,3 +139,22 @@ def test_usage_errors(bad_dataset, tmp_path, capsys):
                    str(tmp_path / "none.pt")], capsys)
     assert "none.pt" in line
     assert _checksums(bad_dataset) == before
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_traceback_on_the_terminal_only_with_verbose(bad_dataset, tmp_path, verbose):
+    """Run as a command (pytest's own log handlers would take the records of -v)."""
+    args = [str(bad_dataset), str(tmp_path / "out"), "participant", "--nprocs", "2", "-w",
+            str(tmp_path / "work"), "--participant-label", "twod"] + (["-v"] if verbose else [])
+    code = "import sys; from bidsreface.cli.run import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("bidsreface: [")]
+    assert lines == ["bidsreface: [1/1] sub-twod T1w: failed: 2D image of shape (64, 64); "
+                     "expected 3D"]
+    assert ("Traceback" in proc.stderr) == verbose
+    if not verbose:
+        assert not proc.stdout.strip()
+    log = next((tmp_path / "out" / "log").glob("bidsreface_*.log")).read_text()
+    assert "Traceback" in log  # always in the run's log (and the crash file)
