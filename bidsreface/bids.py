@@ -35,6 +35,19 @@ _IGNORE = (
 
 _NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
+#: Anatomical suffixes of BIDS 1.9 (non-parametric, parametric and file collections): what
+#: is de-identified when ``--suffixes`` is not given.
+ANAT_SUFFIXES = (
+    "T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio",
+    "T2star", "FLASH", "PD",
+    "T1map", "R1map", "T2map", "R2map", "T2starmap", "R2starmap", "PDmap", "MTRmap", "MTsat",
+    "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
+    "MP2RAGE", "MPM", "MTS", "MTR", "VFA", "IRT1", "MESE", "MEGRE",
+)  # fmt: skip
+
+#: Participants named in a warning line before it ends with "...".
+_LISTED = 10
+
 
 def _split_name(name: str) -> tuple[dict[str, str], str, str]:
     """Split a BIDS file name into its raw entities, suffix and extension.
@@ -156,7 +169,12 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
         ``{subject label: [AnatImage, ...]}``, subjects and images sorted; participants
         without any selected image are left out.
     warnings : list of str
-        One line per participant, session or suffix that was skipped.
+        One line per suffix of ``settings.suffixes`` that some participants lack ("T2w:
+        found for 1 of 45 participants"), one line listing the participants skipped for
+        lacking every selected suffix, and one per ignored filter.
+
+    With no ``settings.suffixes``, every anatomical suffix (:data:`ANAT_SUFFIXES`) that
+    the selected participants have is selected.
 
     Raises
     ------
@@ -190,15 +208,22 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
         query["session"] = list(settings.session_label)
 
     filters = {key.lower(): value for key, value in settings.bids_filters.items()}
-    selected = {s.lower() for s in settings.suffixes}
-    for key in sorted(set(filters) - selected):
+    if settings.suffixes:
+        suffixes = list(settings.suffixes)
+    else:  # every anatomical suffix the selected participants have
+        present = set(layout.get(return_type="id", target="suffix",
+                                 **{**query, "subject": subjects}))
+        suffixes = [s for s in ANAT_SUFFIXES if s in present]
+    selectable = {s.lower() for s in (settings.suffixes or ANAT_SUFFIXES)}
+    for key in sorted(set(filters) - selectable):
         warnings.append(f"--bids-filter-file: filters for {key!r} ignored (not a selected suffix)")
 
     images: dict[str, list[AnatImage]] = {}
+    having: dict[str, int] = dict.fromkeys(suffixes, 0)
+    skipped: list[str] = []
     for subject in subjects:
         found: list[AnatImage] = []
-        lacking: list[str] = []
-        for suffix in settings.suffixes:
+        for suffix in suffixes:
             extra = _query_filters(filters.get(suffix.lower(), {}))
             try:
                 files = layout.get(
@@ -209,23 +234,26 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
                 raise UsageError(
                     f"--bids-filter-file: invalid filter for {suffix}: {err}"
                 ) from err
-            if not files:
-                lacking.append(suffix)
+            having[suffix] += bool(files)
             found.extend(AnatImage.from_path(f, bids_dir=bids_dir) for f in files)
         if not found:
-            warnings.append(
-                f"sub-{subject}: no {' or '.join(settings.suffixes)} image found; "
-                f"participant skipped"
-            )
+            skipped.append(f"sub-{subject}")
             continue
-        warnings.extend(f"sub-{subject}: no {suffix} image found" for suffix in lacking)
         images[subject] = sorted(found, key=lambda img: img.relpath)
 
+    wanted = " or ".join(settings.suffixes) if settings.suffixes else "anatomical"
     if not images:
         raise UsageError(
-            f"no {' or '.join(settings.suffixes)} image found in {bids_dir} for the selected "
-            f"participants, sessions and filters"
+            f"no {wanted} image found in {bids_dir} for the selected participants, sessions "
+            f"and filters"
         )
+    if settings.suffixes:  # asked for: say which participants lack them
+        warnings.extend(f"{suffix}: found for {count} of {len(subjects)} participants"
+                        for suffix, count in having.items() if count < len(subjects))
+    if skipped:
+        listed = ", ".join(skipped[:_LISTED]) + (", ..." if len(skipped) > _LISTED else "")
+        warnings.append(f"{len(skipped)} of {len(subjects)} participants have no {wanted} "
+                        f"image and are skipped: {listed}")
     return images, warnings
 
 

@@ -48,7 +48,7 @@ class Settings:
     work_dir: Path
     participant_label: tuple[str, ...] = ()
     session_label: tuple[str, ...] = ()
-    suffixes: tuple[str, ...] = ("T1w",)
+    suffixes: tuple[str, ...] = ()  # empty: every anatomical suffix found
     bids_filters: dict = field(default_factory=dict)
     nprocs: int = 1
     omp_nthreads: int = 1

@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -69,23 +71,34 @@ EXPECTED = {
 }
 
 
-def test_bad_images_fail_alone(bad_dataset, bad_run, capsys):
+def test_bad_images_fail_alone(bad_dataset, bad_run, capfd):
     before, out, work = bad_run
     code = main([str(bad_dataset), str(out), "participant", "--nprocs", "2", "-w", str(work)])
-    err = capsys.readouterr().err
+    captured = capfd.readouterr()  # the worker processes' output included
+    err = captured.err
     assert code == 1
     assert _checksums(bad_dataset) == before  # the input is byte-for-byte unchanged
-    lines = [line for line in err.splitlines() if line.startswith("bidsreface: error:")]
-    assert len(lines) == len(EXPECTED)
+    # one progress line per image, the failures with their reason; no traceback without -v
+    total = len(EXPECTED) + 1
+    lines = [line for line in err.splitlines() if line.startswith("bidsreface: [")]
+    assert sorted(line.split("]")[0] for line in lines) == sorted(
+        f"bidsreface: [{k}/{total}" for k in range(1, total + 1))
+    assert "Traceback" not in captured.out + captured.err
+    assert not captured.out.strip()
+    assert next(line for line in lines if " sub-01 T1w: " in line).split(": ", 2)[2] \
+        .startswith("ok, ")
     for sub, problem in EXPECTED.items():
-        line = next(line for line in lines if f"sub-{sub}_T1w.nii.gz" in line)
-        assert problem in line, line
+        line = next(line for line in lines if f" sub-{sub} T1w: " in line)
+        assert f"sub-{sub} T1w: failed: " in line and problem in line, line
         # no partial output for a failed image, only its failure record
         assert not list((out / f"sub-{sub}").glob("anat/*"))
         record = json.loads((out / f"sub-{sub}" / "log" / f"sub-{sub}_T1w_failed.json")
                             .read_text())
         assert record["status"] == "failed" and problem in record["reason"]
         assert list((out / f"sub-{sub}" / "log").glob("crash-*.txt"))
+    # the tracebacks are in the crash files and in the run log
+    log = next((out / "log").glob("bidsreface_*.log")).read_text()
+    assert "Traceback" in log and "2D image" in log
     # the good participant was processed despite the others
     assert (out / "sub-01" / "anat" / "sub-01_desc-defaced_T1w.nii.gz").is_file()
     assert main([str(bad_dataset), str(out), "group", "-w", str(work)]) == 0
@@ -126,3 +139,22 @@ def test_usage_errors(bad_dataset, tmp_path, capsys):
                    str(tmp_path / "none.pt")], capsys)
     assert "none.pt" in line
     assert _checksums(bad_dataset) == before
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_traceback_on_the_terminal_only_with_verbose(bad_dataset, tmp_path, verbose):
+    """Run as a command (pytest's own log handlers would take the records of -v)."""
+    args = [str(bad_dataset), str(tmp_path / "out"), "participant", "--nprocs", "2", "-w",
+            str(tmp_path / "work"), "--participant-label", "twod"] + (["-v"] if verbose else [])
+    code = "import sys; from bidsreface.cli.run import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("bidsreface: [")]
+    assert lines == ["bidsreface: [1/1] sub-twod T1w: failed: 2D image of shape (64, 64); "
+                     "expected 3D"]
+    assert ("Traceback" in proc.stderr) == verbose
+    if not verbose:
+        assert not proc.stdout.strip()
+    log = next((tmp_path / "out" / "log").glob("bidsreface_*.log")).read_text()
+    assert "Traceback" in log  # always in the run's log (and the crash file)

@@ -61,7 +61,7 @@ def comparable_outputs(out: Path) -> dict[str, object]:
     found = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if not path.is_file() or "/log/" in rel or rel.endswith(".html"):
+        if not path.is_file() or "/log/" in f"/{rel}" or rel.endswith(".html"):
             continue
         if "_desc-qc_" in path.name:
             found[rel] = _without_timings(json.loads(path.read_text()))

@@ -102,8 +102,24 @@ def _snapshot(root: Path) -> dict:
     }
 
 
-def test_collect_default_t1w(bids_dir):
+def test_collect_default_every_anatomical_suffix(bids_dir):
     images, warnings = collect_images(_settings(bids_dir))
+    assert _relpaths(images) == {
+        "01": [
+            "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+            "sub-01/ses-1/anat/sub-01_ses-1_acq-fast_ce-gad_rec-norm_T1w.nii.gz",
+            "sub-01/ses-1/anat/sub-01_ses-1_run-01_T1w.nii.gz",
+            "sub-01/ses-1/anat/sub-01_ses-1_run-02_T1w.nii.gz",
+            "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz",
+        ],
+        "02": ["sub-02/anat/sub-02_FLAIR.nii.gz", "sub-02/anat/sub-02_T1w.nii"],
+        "03": ["sub-03/anat/sub-03_T2w.nii.gz"],
+    }
+    assert warnings == []  # what each participant has is what is selected
+
+
+def test_collect_t1w(bids_dir):
+    images, warnings = collect_images(_settings(bids_dir, suffixes=("T1w",)))
     assert _relpaths(images) == {
         "01": [
             "sub-01/ses-1/anat/sub-01_ses-1_acq-fast_ce-gad_rec-norm_T1w.nii.gz",
@@ -113,7 +129,8 @@ def test_collect_default_t1w(bids_dir):
         ],
         "02": ["sub-02/anat/sub-02_T1w.nii"],
     }
-    assert warnings == ["sub-03: no T1w image found; participant skipped"]
+    assert warnings == ["T1w: found for 2 of 3 participants",
+                        "1 of 3 participants have no T1w image and are skipped: sub-03"]
 
 
 def test_image_fields(bids_dir):
@@ -138,16 +155,20 @@ def test_collect_several_suffixes(bids_dir):
     images, warnings = collect_images(_settings(bids_dir, suffixes=("T1w", "T2w")))
     assert _relpaths(images)["03"] == ["sub-03/anat/sub-03_T2w.nii.gz"]
     assert "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz" in _relpaths(images)["01"]
-    assert sorted(warnings) == ["sub-02: no T2w image found", "sub-03: no T1w image found"]
+    # one line per asked suffix that some participants lack, none per participant
+    assert warnings == ["T1w: found for 2 of 3 participants",
+                        "T2w: found for 2 of 3 participants"]
 
 
 def test_collect_participant_and_session(bids_dir):
-    images, warnings = collect_images(_settings(bids_dir, participant_label=("02",)))
+    images, warnings = collect_images(_settings(bids_dir, participant_label=("02",),
+                                                suffixes=("T1w",)))
     assert list(images) == ["02"]
     assert warnings == []
     images, warnings = collect_images(_settings(bids_dir, session_label=("2",)))
     assert _relpaths(images) == {"01": ["sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"]}
-    assert "sub-02: no T1w image found; participant skipped" in warnings
+    assert "2 of 3 participants have no anatomical image and are skipped: sub-02, sub-03" \
+        in warnings
 
 
 def test_unknown_participant(bids_dir):
@@ -162,18 +183,20 @@ def test_unknown_session(bids_dir):
 
 def test_filter_file(bids_dir):
     fast = {"t1w": {"acquisition": "fast"}}
-    images, warnings = collect_images(_settings(bids_dir, bids_filters=fast))
+    images, warnings = collect_images(_settings(bids_dir, bids_filters=fast,
+                                                suffixes=("T1w",)))
     assert _relpaths(images) == {
         "01": ["sub-01/ses-1/anat/sub-01_ses-1_acq-fast_ce-gad_rec-norm_T1w.nii.gz"]
     }
-    assert "sub-02: no T1w image found; participant skipped" in warnings
+    assert "2 of 3 participants have no T1w image and are skipped: sub-02, sub-03" in warnings
     no_acq = {"T1w": {"acquisition": None}, "bold": {"task": "rest"}}
-    images, warnings = collect_images(_settings(bids_dir, bids_filters=no_acq))
+    images, warnings = collect_images(_settings(bids_dir, bids_filters=no_acq,
+                                                suffixes=("T1w",)))
     assert len(images["01"]) == 3
     assert all("acq" not in img.entities for img in images["01"])
     assert any("'bold' ignored" in w for w in warnings)
     runs = {"t1w": {"run": "*"}}
-    images, _ = collect_images(_settings(bids_dir, bids_filters=runs))
+    images, _ = collect_images(_settings(bids_dir, bids_filters=runs, suffixes=("T1w",)))
     assert [img.entities["run"] for img in images["01"]] == ["01", "02"]
 
 
@@ -301,7 +324,7 @@ def test_derivative_path_of_collected_images(bids_dir, tmp_path):
     assert (
         "sub-01/ses-1/anat/sub-01_ses-1_acq-fast_ce-gad_rec-norm_desc-defaced_T1w.nii.gz" in names
     )
-    assert len(names) == 5
+    assert len(names) == 8  # every anatomical image by default, one name each
 
 
 # --- sidecars -----------------------------------------------------------------------------
@@ -407,3 +430,20 @@ def test_dataset_description_left_alone_when_identical(tmp_path):
     write_dataset_description(out, tmp_path / "raw", {"Container": {"Type": "docker"}})
     assert json.loads(target.read_text())["GeneratedBy"][0]["Container"] == {"Type": "docker"}
     assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json"]
+
+
+def test_default_selection_covers_collections_and_maps(tmp_path):
+    """An MP2RAGE-only dataset is selected whole by default; a raw ``defacemask`` is not."""
+    root = tmp_path / "mp2rage"
+    _description(root)
+    anat = "sub-01/anat/sub-01_"
+    names = [f"{anat}inv-{i}_part-{p}_MP2RAGE.nii" for i in (1, 2) for p in ("mag", "phase")]
+    names += [f"{anat}UNIT1.nii", f"{anat}T1map.nii", f"{anat}mod-T1w_defacemask.nii.gz"]
+    for name in names:
+        _nifti(root / name)
+    images, warnings = collect_images(_settings(root))
+    assert sorted(img.path.name for img in images["01"]) == sorted(
+        Path(n).name for n in names[:-1])
+    assert warnings == []
+    images, _ = collect_images(_settings(root, suffixes=("UNIT1",)))
+    assert [img.path.name for img in images["01"]] == ["sub-01_UNIT1.nii"]

@@ -48,7 +48,7 @@ def test_defaults(dirs):
     assert settings.work_dir == Path(tempfile.gettempdir()).resolve() / "bidsreface_work"
     assert settings.participant_label == ()
     assert settings.session_label == ()
-    assert settings.suffixes == ("T1w",)
+    assert settings.suffixes == ()  # every anatomical suffix the dataset has
     assert settings.bids_filters == {}
     assert settings.nprocs == (os.cpu_count() or 1)
     assert settings.omp_nthreads == min(settings.nprocs, 8)

@@ -199,7 +199,7 @@ def test_group_table_every_metric_filled(run):
         for row in rows:
             assert all(row[c] != "" for c in COLUMNS), row
             refaced = row["reface_method"] != "none"
-            optional = {"reason", "flags"}  # n/a: nothing to say
+            optional = {"reason", "flags", "mask_from"}  # n/a: nothing to say
             optional |= {f"{kind}_face_score" for kind in ("defaced", "refaced")
                          if row[f"{kind}_face_detected"] == "false"}  # no face, no score
             if not refaced:

@@ -65,3 +65,32 @@ def test_skipped_images_keep_only_what_a_redone_follower_needs(tmp_path):
     assert wf._graph.has_edge(wf.get_node("register_ses_1_T1w"),
                               wf.get_node("register_ses_1_T2w"))
     assert wf.get_node("ds_ses_1_T2w").inputs.fingerprint == "f" * 64
+
+
+def test_collection_members_share_their_leaders_mask(tmp_path):
+    """One registration and one mask for an MP2RAGE collection; a skipped member alone does
+    not skip it (the collection is redone whole)."""
+    import nibabel as nib
+    import numpy as np
+
+    names = ["sub-01_inv-1_part-mag_MP2RAGE.nii", "sub-01_inv-2_part-mag_MP2RAGE.nii",
+             "sub-01_inv-2_part-phase_MP2RAGE.nii", "sub-01_UNIT1.nii"]
+    folder = tmp_path / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    for name in names:  # headers only: the graph is built, not run
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), folder / name)
+    images = [AnatImage.from_path(folder / n) for n in names]
+    settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out",
+                        analysis_level="participant", work_dir=tmp_path / "work", reface="none")
+    wf = init_participant_wf("01", images, settings, skip=frozenset({images[0]}))
+    leader = "inv_2_part_mag_MP2RAGE"
+    members = ("inv_1_part_mag_MP2RAGE", "inv_2_part_phase_MP2RAGE", "UNIT1")
+    assert set(wf.list_node_names()) == (
+        {f"register_{leader}", f"deface_{leader}"}
+        | {f"mask_{key}" for key in members}
+        | {f"{step}_{key}" for step in ("qc", "ds") for key in (leader, *members)})
+    for key in members:
+        assert wf._graph.has_edge(wf.get_node(f"deface_{leader}"), wf.get_node(f"mask_{key}"))
+        assert wf._graph.has_edge(wf.get_node(f"register_{leader}"), wf.get_node(f"qc_{key}"))
+    wf = init_participant_wf("01", images, settings, skip=frozenset(images))
+    assert wf.list_node_names() == []

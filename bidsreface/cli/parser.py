@@ -14,17 +14,9 @@ import tempfile
 from pathlib import Path
 
 from bidsreface import __version__
+from bidsreface.bids import ANAT_SUFFIXES
 from bidsreface.config import Settings
 from bidsreface.errors import UsageError
-
-#: Anatomical suffixes of BIDS 1.9 (non-parametric, parametric and file collections).
-ANAT_SUFFIXES = (
-    "T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio",
-    "T2star", "FLASH", "PD",
-    "T1map", "R1map", "T2map", "R2map", "T2starmap", "R2starmap", "PDmap", "MTRmap", "MTsat",
-    "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
-    "MP2RAGE", "MPM", "MTS", "MTR", "VFA", "IRT1", "MESE", "MEGRE",
-)  # fmt: skip
 
 #: Refacing methods accepted on the command line; only ``none`` runs in this version.
 REFACE_CHOICES = ("cgan", "template", "none")
@@ -237,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--session-label", "--session_label", nargs="+", default=[],
                      type=_session_label, metavar="LABEL",
                      help="sessions to process (1 or ses-1); default: all")
-    sel.add_argument("--suffixes", nargs="+", default=["T1w"], type=_suffix, metavar="SUFFIX",
-                     help="anatomical suffixes to de-identify")
+    sel.add_argument("--suffixes", nargs="+", default=[], type=_suffix, metavar="SUFFIX",
+                     help="anatomical suffixes to de-identify (default: every anatomical "
+                          "suffix the dataset has)")
     sel.add_argument("--bids-filter-file", type=_abspath, metavar="FILE",
                      help='JSON object of pybids filters per suffix, e.g. '
                           '{"t1w": {"acquisition": "mprage"}}')

@@ -56,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 LOCAL_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc")
 
 
-def _configure_nipype(settings, plugin: str) -> None:
+def _configure_nipype(settings, plugin: str) -> logging.Handler:
+    """Set nipype's options and route its log to a run log file.
+
+    nipype's messages (a failed node's traceback among them) go to
+    ``<output_dir>/log/bidsreface_<time>_<pid>.log``, and to the terminal only with ``-v``;
+    the terminal gets one line per image instead (:mod:`bidsreface.progress`). Returns the
+    file's handler, which the caller closes.
+    """
     from nipype import config
     from nipype import logging as nlogging
 
@@ -71,13 +78,29 @@ def _configure_nipype(settings, plugin: str) -> None:
     for name in names:
         config.set("logging", name, level)
     nlogging.update_logging(config)
-    # worker processes start from a clean interpreter and read nipype's configuration anew:
-    # hand them the same log levels through a configuration file of this run's
+    nipype_logger = logging.getLogger("nipype")
+    for handler in list(nipype_logger.handlers):  # nipype's own, to stdout; or an earlier run's
+        if isinstance(handler, logging.StreamHandler):
+            nipype_logger.removeHandler(handler)
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+    log_file = settings.output_dir / "log" / (
+        f"bidsreface_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    nipype_logger.addHandler(handler)
+    nipype_logger.propagate = settings.verbosity >= 1  # to the terminal's handler
+    # worker processes start from a clean interpreter and read nipype's configuration anew
+    # (their messages go to their stdout): hand them the log levels through a configuration
+    # file of this run, errors only unless -v (the crash files hold the tracebacks)
+    worker_level = level if settings.verbosity >= 1 else "ERROR"
     config_dir = settings.work_dir / "nipype_config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    levels = "".join(f"{name} = {level}\n" for name in names)
+    levels = "".join(f"{name} = {worker_level}\n" for name in names)
     (config_dir / "nipype.cfg").write_text(f"[logging]\n{levels}")
     os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    return handler
 
 
 def generated_by_model(settings) -> dict | None:
@@ -121,6 +144,7 @@ def execution_plugin(settings) -> tuple[str, dict]:
 
 def resume_plan(images: dict, settings) -> tuple[dict, frozenset]:
     """Each image's fingerprint, and the images whose current outputs it matches (skipped)."""
+    from ..collection import collection_leaders, whole_collections
     from ..resume import file_sha256, fingerprint, is_current
     from ..workflows.participant import reface_plan, session_references
 
@@ -128,73 +152,92 @@ def resume_plan(images: dict, settings) -> tuple[dict, frozenset]:
     model_sums: dict[str, str] = {}
     for subject_images in images.values():
         references = session_references(subject_images)
+        leaders = collection_leaders(subject_images)
+        current = set()
         for image in subject_images:
             _, model = reface_plan(image, settings)
             if model is not None and model not in model_sums:
                 model_sums[model] = file_sha256(model)
-            fingerprints[image] = fingerprint(image, references[image], settings,
-                                              model_sums.get(model))
+            # a collection member's mask is its leader's: the leader's file counts as its own
+            fingerprints[image] = fingerprint(image, leaders.get(image, references[image]),
+                                              settings, model_sums.get(model))
             if is_current(settings.output_dir, image, fingerprints[image]):
-                done.add(image)
+                current.add(image)
+        done |= whole_collections(current, leaders)  # a collection is redone as a whole
     return fingerprints, frozenset(done)
 
 
 def run_participant(settings) -> int:
     """Participant level: every selected image of every selected participant."""
+    from collections import Counter
+
     from nipype.pipeline import engine as pe
 
     from ..bids import collect_images, remove_temporaries, write_dataset_description
     from ..derivatives import qc_path, write_failure
-    from ..workflows.participant import init_participant_wf
+    from ..progress import GRAPH_PLUGINS, Progress
+    from ..workflows.participant import init_participant_wf, node_key, workflow_name
 
     images, warnings = collect_images(settings)
     for warning in warnings:
         print(f"bidsreface: warning: {warning}", file=sys.stderr)
+    total = sum(len(v) for v in images.values())
+    counts = Counter(image.suffix for v in images.values() for image in v)
+    print(f"bidsreface: {total} images of {len(images)} participants selected: "
+          + ", ".join(f"{n} {suffix}" for suffix, n in sorted(counts.items())),
+          file=sys.stderr)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(settings.output_dir, settings.bids_dir,
                               generated_by_model(settings))
     plugin, plugin_args = execution_plugin(settings)
-    _configure_nipype(settings, plugin)
-
-    for subject in images:  # what a killed run was writing
-        remove_temporaries(settings.output_dir / f"sub-{subject}")
-    fingerprints, done = resume_plan(images, settings)
-    if done:
-        print(f"bidsreface: {len(done)} images already de-identified with the same inputs and "
-              f"settings: skipped", file=sys.stderr)
-    workflow = pe.Workflow(name="bidsreface_wf", base_dir=str(settings.work_dir))
-    for subject, subject_images in images.items():
-        if all(image in done for image in subject_images):
-            continue
-        workflow.add_nodes([init_participant_wf(subject, subject_images, settings,
-                                                fingerprints=fingerprints, skip=done)])
-    total = sum(len(v) for v in images.values())
-    started = time.time() - 1
-    if len(done) < total:
-        try:
-            workflow.run(plugin=plugin, plugin_args=plugin_args)
-        except RuntimeError as err:  # raised after the run when some node failed
-            LOGGER.info("workflow finished with errors: %s", err)
-
-    failed = 0
-    for subject, subject_images in images.items():
-        for image in subject_images:
-            if image in done:
+    log_handler = _configure_nipype(settings, plugin)
+    try:
+        for subject in images:  # what a killed run was writing
+            remove_temporaries(settings.output_dir / f"sub-{subject}")
+        fingerprints, done = resume_plan(images, settings)
+        if done:
+            print(f"bidsreface: {len(done)} images already de-identified with the same inputs "
+                  f"and settings: skipped", file=sys.stderr)
+        workflow = pe.Workflow(name="bidsreface_wf", base_dir=str(settings.work_dir))
+        todo = {image: subject for subject, subject_images in images.items()
+                for image in subject_images if image not in done}
+        for subject, subject_images in images.items():
+            if all(image in done for image in subject_images):
                 continue
+            workflow.add_nodes([init_participant_wf(subject, subject_images, settings,
+                                                    fingerprints=fingerprints, skip=done)])
+        progress = Progress({(workflow_name(subject), node_key(image)): image
+                             for image, subject in todo.items()}, settings.output_dir)
+        if plugin not in GRAPH_PLUGINS:
+            plugin_args = {**plugin_args, "status_callback": progress}
+        started = time.time() - 1
+        if todo:
+            try:
+                workflow.run(plugin=plugin, plugin_args=plugin_args)
+            except RuntimeError as err:  # raised after the run when some node failed
+                LOGGER.info("workflow finished with errors: %s", err)
+
+        depends_on = _dependencies(images)
+        outcomes, failed = {}, 0
+        for image, subject in todo.items():
             record = qc_path(settings.output_dir, image)
             if record.is_file() and record.stat().st_mtime >= started:
-                qc_failure = _qc_failure(record)
-                if qc_failure:  # outputs kept for inspection, the image counted failed
-                    print(f"bidsreface: error: {image.relpath}: failed QC: {qc_failure}",
-                          file=sys.stderr)
-                    failed += 1
+                qc_failure = _qc_failure(record)  # outputs kept for inspection when failed
+                outcomes[image] = ("failed", f"failed QC: {qc_failure}") if qc_failure \
+                    else ("ok", "")
+                failed += bool(qc_failure)
                 continue
-            reason = _failure_reason(settings.output_dir / f"sub-{subject}" / "log", image,
-                                     started)
+            reason = progress.failure(image) or _failure_reason(
+                settings.output_dir / f"sub-{subject}" / "log", image, started,
+                depends_on[image])
             write_failure(image, settings.output_dir, reason)
-            print(f"bidsreface: error: {image.relpath}: {reason}", file=sys.stderr)
+            outcomes[image] = ("failed", reason)
             failed += 1
+        progress.finish(outcomes)
+    finally:
+        logging.getLogger("nipype").removeHandler(log_handler)
+        log_handler.close()
     from ..reports.participant import write_participant_report
 
     for subject in images:  # after the failures are recorded: the reports list them
@@ -214,8 +257,31 @@ def _qc_failure(record_path: Path) -> str:
     return record.get("reason", "") if record.get("status") != "ok" else ""
 
 
-def _failure_reason(log_dir: Path, image, since: float) -> str:
-    """The error of the first crash file (of this run) that names the image."""
+def _dependencies(images: dict) -> dict:
+    """For each image, what it cannot be processed without: ``(image, role)`` or None."""
+    from ..collection import collection_leaders
+    from ..workflows.participant import session_references
+
+    found = {}
+    for subject_images in images.values():
+        references = session_references(subject_images)
+        leaders = collection_leaders(subject_images)
+        for image in subject_images:
+            if image in leaders:
+                found[image] = (leaders[image], "the leader of its file collection, whose "
+                                                "face mask it shares")
+            elif references[image] is not None:
+                found[image] = (references[image], "its session's T1w")
+            else:
+                found[image] = None
+    return found
+
+
+def _failure_reason(log_dir: Path, image, since: float, depends_on=None) -> str:
+    """The error of the first crash file (of this run) that names the image; else what it
+    depends on (*depends_on*: ``(image, role)``)."""
+    from ..progress import crash_reason
+
     needle = str(image.path)
     for crash in sorted(log_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime):
         if crash.stat().st_mtime < since:
@@ -223,26 +289,7 @@ def _failure_reason(log_dir: Path, image, since: float) -> str:
         text = crash.read_text(errors="replace")
         if needle not in text:
             continue
-        return _last_error_line(text, needle, image.relpath)
-    return "not processed: an earlier step it depends on failed (its session's T1w)"
-
-
-def _last_error_line(text: str, needle: str, relpath: str) -> str:
-    """The exception message of a nipype crash file, without the file's own path.
-
-    >>> _last_error_line("Traceback...\\nbidsreface.errors.ImageError: /d/x.nii: bad\\n",
-    ...                  "/d/x.nii", "x.nii")
-    'bad'
-    """
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    message = ""
-    for line in lines:
-        head, sep, rest = line.partition(": ")
-        if sep and (head.endswith("Error") or head.endswith("Exception")):
-            message = rest
-    if not message:
-        return "failed (see the crash file in the log folder)"
-    for prefix in (f"{needle}: ", f"{relpath}: "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    return message
+        return crash_reason(text, image)
+    if depends_on is not None:
+        return f"not processed: {depends_on[0].path.name} failed ({depends_on[1]})"
+    return "not processed: an earlier step it depends on failed"

@@ -34,6 +34,27 @@ def crash_files(log_dir: Path) -> list[dict]:
     return crashes
 
 
+def method_text(record: dict) -> str:
+    """What was done to an image, as the reports say it.
+
+    >>> method_text({"outputs": {"defaced": "d"}, "reface": {"reface_method": "cgan"}})
+    'defaced, then refaced (cgan)'
+    >>> method_text({"outputs": {"defaced": "d"}, "reface": {"reface_method": "none"},
+    ...              "mask": {"mask_from": "sub-1/anat/sub-1_inv-2_part-mag_MP2RAGE.nii"}})
+    'defaced (face mask of sub-1_inv-2_part-mag_MP2RAGE.nii, same acquisition)'
+    >>> method_text({"status": "failed"})
+    'nothing (failed)'
+    """
+    if not record.get("outputs"):
+        return "nothing (failed)"
+    method = (record.get("reface") or {}).get("reface_method", "none")
+    text = "defaced" if method == "none" else f"defaced, then refaced ({method})"
+    shared = (record.get("mask") or {}).get("mask_from")
+    if shared:
+        text += f" (face mask of {shared.rsplit('/', 1)[-1]}, same acquisition)"
+    return text
+
+
 def image_section(record: dict, subject_dir: Path) -> dict:
     """What the report shows of one image."""
     qc = record.get("qc") or {}
@@ -47,6 +68,7 @@ def image_section(record: dict, subject_dir: Path) -> dict:
         "source": record["source"],
         "suffix": record.get("suffix", ""),
         "status": record["status"],
+        "method": method_text(record),
         "reason": record.get("reason", ""),
         "flags": flags(record),
         "completed": bool(record.get("outputs")),

@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..qc.metrics import MAX_HEAD_SCALE_CHANGE
 from .common import fmt
 
-#: Columns of ``group_<suffix>.tsv``, one row per image.
+#: Columns of ``group_<suffix>.tsv``, one row per image (``mask_from``: the collection member
+#: whose registration and face mask the image shares, see :mod:`bidsreface.collection`).
 COLUMNS = (
     "source", "status", "reason", "flags",
-    "registration_ok", "head_dice", "correlation", "scales", "shear", "start_deg",
+    "registration_ok", "head_dice", "correlation", "scales", "shear", "start_deg", "mask_from",
     "face_volume_ml", "face_voxels", "guard_voxels_removed", "guard_overlap",
     "changed_outside_mask", "changed_inside_mask", "refaced_changed_outside_mask",
     "head_scale_original", "etiv_original_ml",

@@ -23,6 +23,15 @@ def node_key(image: AnatImage) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", stem)
 
 
+def workflow_name(subject: str) -> str:
+    """The name of a participant's workflow.
+
+    >>> workflow_name("01")
+    'sub_01_wf'
+    """
+    return f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf"
+
+
 def session_references(images: list[AnatImage]) -> dict[AnatImage, AnatImage | None]:
     """For each image, the T1w of its session that it follows (None: the template).
 
@@ -87,8 +96,10 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     except the registration of a T1w that a redone image of its session follows.
     *fingerprints* (``{image: sha256}``) are recorded with each image's outputs.
 
-    Each image gets a registration node (to the template, or rigidly to its session's T1w),
-    a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
+    Each image gets a registration node (to the template, or rigidly to its session's T1w)
+    and a defacing node, except the members of a file collection other than its leader
+    (:mod:`bidsreface.collection`), which get a node ``mask_<key>`` that applies the leader's
+    mask; then a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
     ``qc_<key>`` (metrics, verdict and reportlets; the original face is rendered in memory
     only) and a derivatives sink ``ds_<key>``.
 
@@ -101,46 +112,82 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     Written by the sinks under ``settings.output_dir``; crash files go to
     ``<output_dir>/sub-<label>/log``.
     """
+    from ..collection import collection_leaders, registration_candidates, whole_collections
     from ..interfaces.bids import DerivativesSink
+    from ..interfaces.collection import RegisterCollection, ShareMask
     from ..interfaces.deface import DefaceImage, RegisterImage
     from ..interfaces.qc import ImageQC
     from ..interfaces.reface import RefaceImage
 
-    workflow = pe.Workflow(name=name or f"sub_{re.sub(r'[^0-9a-zA-Z]', '_', subject)}_wf")
+    workflow = pe.Workflow(name=name or workflow_name(subject))
     crash_config = {"execution": {
         "crashdump_dir": str(settings.output_dir / f"sub-{subject}" / "log"),
         "crashfile_format": "txt",
     }}
     recorded = {key: getattr(settings, key) for key in OUTPUT_SETTINGS}
-    registrations = {}
+    registrations, masks = {}, {}
     references = session_references(images)
+    leaders = collection_leaders(images)
+    members: dict[AnatImage, list[AnatImage]] = {}
+    for member, leader in leaders.items():
+        members.setdefault(leader, []).append(member)
+    skip = whole_collections(skip, leaders) if leaders else skip
     followed = {references[i] for i in images if i not in skip}
     fingerprints = fingerprints or {}
-    # references first, so that followers can connect to their node
-    for image in sorted(images, key=lambda i: references[i] is not None):
+    # references first, then collection leaders, so that followers can connect to their node
+    for image in sorted(images, key=lambda i: (i in leaders, references[i] is not None)):
         if image in skip and image not in followed:
             continue
         key = node_key(image)
-        register = pe.Node(
-            RegisterImage(in_file=str(image.path), deface_ears=settings.deface_ears,
-                          seed=settings.random_seed),
-            name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
-        reference = references[image]
-        if reference is not None and reference in registrations:
-            register.inputs.reference_file = str(reference.path)
+        leader = leaders.get(image)
+        if leader is not None:  # a collection member: its leader's registration and mask
+            register = registrations[leader]
+            deface = pe.Node(
+                ShareMask(in_file=str(image.path), leader_file=str(leader.path),
+                          leader_relpath=leader.relpath,
+                          keep_extensions=settings.keep_nifti_extensions),
+                name=f"mask_{key}", mem_gb=1.0)
             workflow.connect([
-                (registrations[reference], register, [("matrix_file", "reference_matrix"),
-                                                      ("distance_file", "reference_distance")]),
+                (register, deface, [("metrics_file", "registration_file")]),
+                (masks[leader], deface, [("mask_file", "mask_file"),
+                                         ("metrics_file", "mask_metrics_file")]),
             ])  # fmt: skip
-        registrations[image] = register
-        if image in skip:  # its registration is needed by a follower, nothing else
-            workflow.add_nodes([register])
-            continue
-        deface = pe.Node(
-            DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
-                        brain_margin_mm=settings.brain_margin_mm,
-                        keep_extensions=settings.keep_nifti_extensions),
-            name=f"deface_{key}", mem_gb=1.5)
+            registration = (deface, "registration_file")
+        elif image in members:  # a collection's leader: its parts as fallbacks
+            register = pe.Node(
+                RegisterCollection(in_files=[str(i.path) for i in registration_candidates(
+                                       image, members[image])],
+                                   deface_ears=settings.deface_ears, seed=settings.random_seed),
+                name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
+        else:
+            register = pe.Node(
+                RegisterImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                              seed=settings.random_seed),
+                name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
+        if leader is None:
+            reference = references[image]
+            if reference is not None and reference in registrations:
+                register.inputs.reference_file = str(reference.path)
+                workflow.connect([
+                    (registrations[reference], register,
+                     [("matrix_file", "reference_matrix"),
+                      ("distance_file", "reference_distance")]),
+                ])  # fmt: skip
+            registrations[image] = register
+            if image in skip:  # its registration is needed by a follower, nothing else
+                workflow.add_nodes([register])
+                continue
+            deface = pe.Node(
+                DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                            brain_margin_mm=settings.brain_margin_mm,
+                            keep_extensions=settings.keep_nifti_extensions),
+                name=f"deface_{key}", mem_gb=1.5)
+            workflow.connect([
+                (register, deface, [("matrix_file", "matrix_file"),
+                                    ("distance_file", "distance_file")]),
+            ])  # fmt: skip
+            registration = (register, "metrics_file")
+        masks[image] = deface
         sink = pe.Node(
             DerivativesSink(source_file=str(image.path), bids_dir=str(settings.bids_dir),
                             output_dir=str(settings.output_dir), settings=recorded,
@@ -152,13 +199,12 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                     seed=settings.random_seed),
             name=f"qc_{key}", n_procs=1, mem_gb=1.5)
         workflow.connect([
-            (register, deface, [("matrix_file", "matrix_file"),
-                                ("distance_file", "distance_file")]),
-            (register, qc, [("matrix_file", "matrix_file"), ("distance_file", "distance_file"),
-                            ("metrics_file", "registration_file")]),
+            (register, qc, [("matrix_file", "matrix_file"),
+                            ("distance_file", "distance_file")]),
+            (registration[0], qc, [(registration[1], "registration_file")]),
             (deface, qc, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
                           ("metrics_file", "mask_metrics_file")]),
-            (register, sink, [("metrics_file", "registration_file")]),
+            (registration[0], sink, [(registration[1], "registration_file")]),
             (deface, sink, [("out_file", "defaced_file"), ("mask_file", "mask_file"),
                             ("metrics_file", "mask_metrics_file")]),
             (qc, sink, [("metrics_file", "qc_file"), ("figures", "figures")]),

@@ -1,0 +1,118 @@
+"""Progress lines: one per finished image, failures with their reason, time left estimated."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from bidsreface.bids import AnatImage
+from bidsreface.derivatives import qc_path
+from bidsreface.progress import Progress
+from bidsreface.workflows.participant import node_key, workflow_name
+
+
+class _Node:
+    """What nipype hands its status callback: a node's full name and its folder."""
+
+    def __init__(self, workflow: str, name: str, folder: Path):
+        self.name = name
+        self.fullname = f"bidsreface_wf.{workflow}.{name}"
+        self._folder = folder
+
+    def output_dir(self):
+        return str(self._folder)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _images(bids: Path) -> list[AnatImage]:
+    rels = ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz",
+            "sub-02/ses-1/anat/sub-02_ses-1_run-1_FLAIR.nii"]
+    return [AnatImage.from_path(bids / rel, bids) for rel in rels]
+
+
+def _progress(tmp_path):
+    images = _images(tmp_path / "bids")
+    stream, clock = io.StringIO(), _Clock()
+    nodes = {(workflow_name(i.subject), node_key(i)): i for i in images}
+    return images, Progress(nodes, tmp_path / "out", stream=stream, clock=clock), stream, clock
+
+
+def _record(out: Path, image: AnatImage, status: str, reason: str = "") -> None:
+    path = qc_path(out, image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"status": status, "reason": reason}))
+
+
+def _node(image: AnatImage, step: str, tmp_path: Path) -> _Node:
+    folder = tmp_path / "work" / f"{step}_{node_key(image)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return _Node(workflow_name(image.subject), f"{step}_{node_key(image)}", folder)
+
+
+def test_lines_as_images_finish(tmp_path):
+    (t1, t2, flair), progress, stream, clock = _progress(tmp_path)
+    out = tmp_path / "out"
+    progress(_node(t1, "register", tmp_path), "start")
+    clock.now = 5.0
+    progress(_node(t1, "register", tmp_path), "end")
+    progress(_node(flair, "register", tmp_path), "start")
+    clock.now = 20.0
+    _record(out, t1, "ok")
+    progress(_node(t1, "ds", tmp_path), "end")
+    assert stream.getvalue().splitlines() == [
+        "bidsreface: [1/3] sub-01 T1w: ok, 20 s; about 40 s left"]
+    clock.now = 30.0
+    _record(out, flair, "failed", "a face is still detected on the defaced head")
+    progress(_node(flair, "ds", tmp_path), "end")
+    assert stream.getvalue().splitlines()[1] == (
+        "bidsreface: [2/3] sub-02 ses-1 run-1 FLAIR: failed: failed QC: a face is still "
+        "detected on the defaced head; about 15 s left")
+    assert progress.failure(flair) == "failed QC: a face is still detected on the defaced head"
+    assert progress.failure(t1) is None
+
+
+def test_failure_reason_from_the_crash_file(tmp_path):
+    (t1, t2, flair), progress, stream, clock = _progress(tmp_path)
+    node = _node(t2, "register", tmp_path)
+    progress(node, "start")
+    clock.now = 3.0
+    progress(node, "exception")  # no result file, and nipype writes the crash file after this
+    assert stream.getvalue() == ""
+    log = tmp_path / "out" / "sub-01" / "log"
+    log.mkdir(parents=True)
+    (log / f"crash-20260101-000000-user-{node.name}-1234.txt").write_text(
+        f"Traceback (most recent call last):\n  ...\nbidsreface.errors.ImageError: "
+        f"{t2.path}: 2D image of shape (64, 64); expected 3D\n")
+    progress(_node(t1, "register", tmp_path), "start")  # the next callback reads it
+    assert stream.getvalue().splitlines() == [
+        "bidsreface: [1/3] sub-01 T2w: failed: 2D image of shape (64, 64); expected 3D; "
+        "about 6 s left"]
+    progress(node, "exception")  # a second error of the same image: no second line
+    assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_images_no_callback_reached_are_reported_at_the_end(tmp_path):
+    (t1, t2, flair), progress, stream, clock = _progress(tmp_path)
+    clock.now = 60.0
+    progress.finish({t1: ("ok", ""), t2: ("failed", "not processed: sub-01_T1w failed"),
+                     flair: ("ok", "")})
+    lines = stream.getvalue().splitlines()
+    assert [line.split(": ", 1)[1].split(":")[0] for line in lines] == [
+        "[1/3] sub-01 T1w", "[2/3] sub-01 T2w", "[3/3] sub-02 ses-1 run-1 FLAIR"]
+    # the run is over: no time left to estimate
+    assert lines[1].endswith("T2w: failed: not processed: sub-01_T1w failed")
+    assert lines[2].endswith("FLAIR: ok, 1 min")
+
+
+def test_nodes_of_other_images_are_ignored(tmp_path):
+    _, progress, stream, _ = _progress(tmp_path)
+    progress(_Node("sub_09_wf", "ds_T1w", tmp_path), "end")
+    assert stream.getvalue() == ""
