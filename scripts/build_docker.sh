@@ -16,17 +16,19 @@
 #                build, several GB).
 #   PIP_CA       CA bundle for pip inside the build (TLS-intercepting proxies). Default: the
 #                host's /etc/ssl/certs/ca-certificates.crt. It is mounted, never copied.
-#   WORK_DIR     debootstrap root and smoke-test data (default .cache/docker; about 1 GB).
+#   MIRROR       Debian mirror for BASE=local (default http://deb.debian.org/debian).
+#   WORK_DIR     debootstrap root and smoke-test data (default .cache/docker; under 1 GB).
 #   SMOKE        1 (default) to smoke-test the image after the build, 0 to only build.
 #   SMOKE_USER   UID:GID of the smoke test's non-root user (default 12345:12345).
 #   NPROCS       --nprocs of the smoke test's participant run (default 2).
 #
-# podman runs the build with `--isolation chroot --format docker` (the OCI format drops SHELL). The smoke test does not use `podman run`
-# (hosts that refuse the OCI runtime's setrlimit calls cannot): it creates a container, mounts
-# its filesystem and runs the image's entrypoint and environment (read from the image) with
-# `unshare` (mount + pid namespaces) and `chroot --userspec`; the image's root filesystem and
-# the input are bound read-only, /tmp and /dev/shm are fresh tmpfs, /out is the only other
-# writable place. Needs root (podman's storage, mounts, chroot).
+# podman builds with `--isolation chroot --format docker` (the OCI format would drop SHELL).
+# The smoke test does not use `podman run` (hosts that refuse the OCI runtime's setrlimit calls
+# cannot): it creates a container, mounts its filesystem and runs the image's entrypoint and
+# environment (read from the image) with `unshare` (mount + pid namespaces) and
+# `chroot --userspec`. The image's root filesystem and the input are bound read-only; /tmp and
+# /dev/shm are fresh tmpfs mounted as docker mounts `--tmpfs` (nosuid, nodev, noexec); /out is
+# the only other writable place. Needs root (podman's storage, mounts, chroot).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -83,7 +85,10 @@ rm -rf "$extras"
 mkdir -p "$extras"
 build_args=(--isolation chroot --format docker --layers --tag "$tag"
             --volume "$extras:/run/bidsreface-build:ro"
-            --build-arg "VCS_REF=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)")
+            --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+if git -C "$repo" rev-parse --verify --quiet HEAD >/dev/null; then
+    build_args+=(--build-arg "VCS_REF=$(git -C "$repo" rev-parse HEAD)")
+fi
 if [[ -n "$base" ]]; then
     build_args+=(--build-arg "BASE=$base")
 fi
@@ -161,9 +166,9 @@ run_image() {
             mount --bind "/dev/$node" "$root/dev/$node"
         done
         mkdir -p "$root/dev/shm"
-        mount -t tmpfs -o nosuid,nodev,mode=1777,size=64m shm "$root/dev/shm"
+        mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=64m shm "$root/dev/shm"
         ln -s /proc/self/fd "$root/dev/fd"
-        mount -t tmpfs -o nosuid,nodev,mode=1777 tmp "$root/tmp"
+        mount -t tmpfs -o nosuid,nodev,noexec,mode=1777 tmp "$root/tmp"
         if [[ -n "$in" ]]; then
             mount --bind "$in" "$root/data"
             mount -o remount,bind,ro "$root/data"
