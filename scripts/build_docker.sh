@@ -41,9 +41,12 @@ smoke_user=${SMOKE_USER:-12345:12345}
 nprocs=${NPROCS:-2}
 mirror=${MIRROR:-http://deb.debian.org/debian}
 local_base=localhost/bidsreface-base:bookworm
-if [[ -z "${TORCH_WHEEL:-}" ]]; then
-    TORCH_WHEEL=$(compgen -G '/opt/wheels/torch-2.13.0+cpu-cp311-*.whl' | head -n 1) \
-        || TORCH_WHEEL=""
+TORCH_WHEEL=${TORCH_WHEEL:-}
+if [[ -z "$TORCH_WHEEL" ]]; then
+    cpu_wheels=(/opt/wheels/torch-2.13.0+cpu-cp311-*.whl)
+    if [[ -s "${cpu_wheels[0]}" ]]; then
+        TORCH_WHEEL=${cpu_wheels[0]}
+    fi
 fi
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -199,6 +202,11 @@ step "--help"
 run_image "" "" --help > "$work/help.txt" || fail "--help exited with $?"
 grep -q 'participant' "$work/help.txt" || fail "--help does not mention participant"
 log "  $(wc -l < "$work/help.txt") lines, exit 0"
+
+step "bidsreface-demo --help"
+run_image "" "" --entrypoint bidsreface-demo --help > "$work/demo-help.txt" \
+    || fail "bidsreface-demo --help exited with $?"
+log "  $(wc -l < "$work/demo-help.txt") lines, exit 0"
 
 step "usage error (a missing bids_dir): exit 2 and one line on stderr"
 code=0
