@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -115,9 +116,32 @@ def _torch_pins(text: str) -> set[str]:
 
 
 def _package_extras(text: str) -> set[frozenset[str]]:
-    """Extras of every ``pip install <path>/bidsreface[extras]`` in a recipe."""
+    """Extras of every ``pip install <path>/bidsreface[extras]`` or ``bidsreface[extras] @ URL``
+    requirement in a recipe.
+
+    >>> sorted(map(sorted, _package_extras('pip install "/src/bidsreface[demo]"\\n'
+    ...                                    'echo "bidsreface[demo,test] @ file://$w" > r.txt')))
+    [['demo'], ['demo', 'test']]
+    """
     installs = re.findall(r"pip install[^\n]*?[\"']?\S*bidsreface\[([\w,\s-]+)\]", text)
+    installs += re.findall(r"[\"'\s]bidsreface\[([\w,\s-]+)\] @ ", text)
     return {frozenset(extra.strip() for extra in found.split(",")) for found in installs}
+
+
+def _stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Instructions grouped by build stage (each starts with its FROM); ARGs before the first
+    FROM form a stage of their own.
+
+    >>> text = "ARG B=x\\nFROM $B AS a\\nRUN y\\nFROM $B\\n"
+    >>> [len(stage) for stage in _stages(parse_dockerfile(text))]
+    [1, 2, 1]
+    """
+    stages: list[list[tuple[str, str]]] = [[]]
+    for keyword, args in instructions:
+        if keyword == "FROM":
+            stages.append([])
+        stages[-1].append((keyword, args))
+    return [stage for stage in stages if stage]
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +191,17 @@ def test_singularity_sections(singularity):
 
 
 def test_same_debian_release(dockerfile, singularity):
-    """Both images are Debian bookworm with its Python 3.11 (the Dockerfile's python image is
-    built on bookworm)."""
-    froms = [args.split()[0] for keyword, args in dockerfile if keyword == "FROM"]
-    assert len(froms) == 1
-    assert froms[0].startswith("python:3.11-")
-    assert froms[0].endswith(f"-{singularity[0]['OSVersion']}")
+    """Both images are Debian bookworm with its Python 3.11 (the Dockerfile's default BASE, the
+    python image, is built on bookworm); every stage of the Dockerfile starts from BASE."""
+    base_args = [args for keyword, args in _stages(dockerfile)[0] if keyword == "ARG"]
+    assert base_args, "Dockerfile: the base image is not an ARG before the first FROM"
+    defaults = dict(arg.split("=", 1) for arg in base_args)
+    base = defaults["BASE"]
+    assert base.startswith("python:3.11-")
+    assert base.endswith(f"-{singularity[0]['OSVersion']}")
     assert singularity[0]["OSVersion"] == "bookworm"  # whose python3 is 3.11
+    froms = [args.split()[0] for keyword, args in dockerfile if keyword == "FROM"]
+    assert froms and set(froms) == {"${BASE}"}
 
 
 def test_singularity_build_script_lint():
@@ -200,7 +228,7 @@ def test_copied_sources_exist(dockerfile, singularity):
     """What the recipes copy into the image must be in the repository."""
     sources = []
     for keyword, args in dockerfile:
-        if keyword in {"COPY", "ADD"}:
+        if keyword in {"COPY", "ADD"} and "--from=" not in args:
             sources += [word for word in args.split()[:-1] if not word.startswith("--")]
     sources += [
         line.split()[0]
@@ -216,3 +244,85 @@ def test_console_script_declared():
     """The ENTRYPOINT and %runscript name a console script that pyproject.toml declares."""
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^bidsreface\s*=\s*"bidsreface\.cli\.run:main"', pyproject, re.MULTILINE)
+
+
+def test_docker_build_script_lint():
+    """``scripts/build_docker.sh`` (how the image is built and smoke-tested here)."""
+    script = DOCKERFILE.parent / "scripts" / "build_docker.sh"
+    _run([_tool("shellcheck"), "--severity=style", str(script)])
+
+
+def test_dockerignore_keeps_what_is_copied(dockerfile):
+    """``.dockerignore`` keeps the build context small and still holds every copied source."""
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", ".dockerignore should exclude everything, then list what is copied"
+    kept = {line[1:] for line in lines if line.startswith("!")}
+    copied = {
+        word
+        for keyword, args in dockerfile
+        if keyword == "COPY" and "--from=" not in args
+        for word in args.split()[:-1]
+    }
+    assert copied and copied <= kept, f"copied but ignored: {sorted(copied - kept)}"
+
+
+def test_layer_order(dockerfile):
+    """torch is installed before the package's code reaches the final stage (a code change
+    rebuilds only the package's layers), a new wheel changes what is copied before the package's
+    RUN (podman leaves mounts out of the cache key), and the labels' arguments (BUILD_DATE
+    changes on every build) come after the last RUN, so that they invalidate no layer."""
+    final = _stages(dockerfile)[-1]
+    runs = [i for i, (keyword, _) in enumerate(final) if keyword == "RUN"]
+    torch_runs = [i for i in runs if '"$TORCH"' in final[i][1]]
+    package_runs = [i for i in runs if "from=wheel" in final[i][1]]
+    assert len(torch_runs) == 1 and len(package_runs) == 1
+    assert torch_runs[0] < package_runs[0]
+    from_wheel = [i for i, (keyword, args) in enumerate(final)
+                  if keyword in {"COPY", "ADD"} and "--from=wheel" in args]
+    assert len(from_wheel) == 1, "one requirement file is copied from the wheel stage"
+    assert final[from_wheel[0]][1].split()[1].endswith("requirements.txt")
+    assert torch_runs[0] < from_wheel[0] < package_runs[0]
+    assert "#sha256=" in " ".join(args for keyword, args in dockerfile if keyword == "RUN"), (
+        "the requirement names the wheel with its sha256: a new wheel changes the copied file")
+    for name in ("VERSION", "BUILD_DATE", "VCS_REF"):
+        position = [i for i, (keyword, args) in enumerate(final)
+                    if keyword == "ARG" and args.split("=")[0] == name]
+        assert position and position[0] > runs[-1], f"ARG {name} comes before a RUN"
+
+
+def test_final_stage_environment(dockerfile):
+    """The final stage's tools come from its virtual environment, and the demo's head is where
+    ``BIDSREFACE_BRAINSMALL`` says it is."""
+    final = _stages(dockerfile)[-1]
+    env = " ".join(args for keyword, args in final if keyword == "ENV")
+    assert re.search(r"\bPATH=/opt/venv/bin:\$PATH\b", env)
+    brainsmall = re.search(r"\bBIDSREFACE_BRAINSMALL=(\S+)", env)
+    assert brainsmall
+    copies = [args.split() for keyword, args in final if keyword == "COPY"]
+    assert any(
+        Path(words[-1]) / Path(words[-2]).name == Path(brainsmall.group(1))
+        for words in copies
+        if "--from=heads" in words
+    )
+
+
+def test_circleci_commands_lint(tmp_path):
+    """Every ``run`` command of the CircleCI configuration passes shellcheck (as bash, CircleCI's
+    shell, with its ``-eo pipefail``); ``<< parameters.NAME >>`` reads as a plain word."""
+    config = yaml.safe_load(CIRCLECI.read_text())
+    steps = [step for job in config["jobs"].values() for step in job["steps"]]
+    steps += [step for command in config["commands"].values() for step in command["steps"]]
+    runs = [step["run"] for step in steps if isinstance(step, dict) and "run" in step]
+    commands = [run if isinstance(run, str) else run["command"] for run in runs]
+    assert commands
+    scripts = []
+    for number, command in enumerate(commands):
+        script = tmp_path / f"run_{number}.sh"
+        command = re.sub(r"<<\s*parameters\.(\w+)\s*>>", r"parameter_\1", command)
+        script.write_text("#!/bin/bash\nset -eo pipefail\n" + command)
+        scripts.append(str(script))
+    _run([_tool("shellcheck"), "--severity=style", *scripts])
