@@ -426,16 +426,29 @@ def _write_scrubbed(source: Path, target: Path, **_) -> None:
 
 def _write_image(source: Path, target: Path, *, extra: str, relpath: str, bids_dir: Path,
                  plan: Plan, **_) -> None:
-    """The de-identified image under the raw name (3D), and its scrubbed, noted sidecar."""
+    """The de-identified image under the raw name (3D, compressed as the raw name says), and
+    its scrubbed, noted sidecar."""
     img = nb.load(source)
+    compress = target.name.endswith(".gz")
     if len(img.shape) > 3 and all(size == 1 for size in img.shape[3:]):
-        _write_new(target, _as_3d(source, target.name.endswith(".gz")))
-        counts = changed_voxels(source, target, np.zeros(img.shape[:3], bool))
-        if counts["changed_outside_mask"]:
-            raise RuntimeError(f"{target}: the 3D copy of {source} differs from it in "
-                               f"{counts['changed_outside_mask']} voxels")
+        _write_new(target, _as_3d(source, compress))
+    elif compress != source.name.endswith(".gz"):  # a raw .nii gets an uncompressed file
+        content = nifti_bytes(read_header(source), stored_values(source))
+        _write_new(target, gzip.compress(content, compresslevel=1, mtime=0) if compress
+                   else content)
     else:
         _link(source, target)
+        return _write_image_sidecar(target, extra, relpath, bids_dir, plan)
+    counts = changed_voxels(source, target, np.zeros(img.shape[:3], bool))
+    if counts["changed_outside_mask"]:
+        raise RuntimeError(f"{target}: the copy of {source} differs from it in "
+                           f"{counts['changed_outside_mask']} voxels")
+    _write_image_sidecar(target, extra, relpath, bids_dir, plan)
+
+
+def _write_image_sidecar(target: Path, extra: str, relpath: str, bids_dir: Path,
+                         plan: Plan) -> None:
+    """The raw sidecar of an exported image, scrubbed, with ``DeidentificationMethod``."""
     stem = relpath.removesuffix(".gz").removesuffix(".nii")
     raw_sidecar = bids_dir / f"{stem}.json"
     readable = raw_sidecar.is_file() and f"{stem}.json" not in plan.left_out
