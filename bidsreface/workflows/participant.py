@@ -84,13 +84,17 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     """Deface every image of one participant.
 
     Images in *skip* (done by an earlier run, see :mod:`bidsreface.resume`) get no nodes,
-    except the registration of a T1w that a redone image of its session follows.
+    except the registration and brain mask of a T1w that a redone image of its session
+    follows.
     *fingerprints* (``{image: sha256}``) are recorded with each image's outputs.
 
     Each image gets a registration node (to the template, or rigidly to its session's T1w),
-    a defacing node, a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
-    ``qc_<key>`` (metrics, verdict and reportlets; the original face is rendered in memory
-    only) and a derivatives sink ``ds_<key>``.
+    a brain-mask node ``brainmask_<key>`` (a T1w's own brain from the network; another
+    contrast's carried from its session's T1w; none without a T1w in the session, where the
+    template brain alone guards the image), a defacing node, a refacing node
+    ``reface_<key>`` (see :func:`reface_plan`), a QC node ``qc_<key>`` (metrics, verdict
+    and reportlets; the original face is rendered in memory only) and a derivatives sink
+    ``ds_<key>``.
 
     Inputs
     ------
@@ -102,7 +106,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     ``<output_dir>/sub-<label>/log``.
     """
     from ..interfaces.bids import DerivativesSink
-    from ..interfaces.deface import DefaceImage, RegisterImage
+    from ..interfaces.deface import BrainMask, DefaceImage, RegisterImage
     from ..interfaces.qc import ImageQC
     from ..interfaces.reface import RefaceImage
 
@@ -112,7 +116,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         "crashfile_format": "txt",
     }}
     recorded = {key: getattr(settings, key) for key in OUTPUT_SETTINGS}
-    registrations = {}
+    registrations, brains = {}, {}
     references = session_references(images)
     followed = {references[i] for i in images if i not in skip}
     fingerprints = fingerprints or {}
@@ -133,8 +137,23 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                                                       ("distance_file", "reference_distance")]),
             ])  # fmt: skip
         registrations[image] = register
-        if image in skip:  # its registration is needed by a follower, nothing else
-            workflow.add_nodes([register])
+        # the image's own brain: a T1w's from the network, a follower's carried from its T1w
+        brain = None
+        if image.suffix == REFERENCE_SUFFIX:
+            brain = pe.Node(BrainMask(in_file=str(image.path), nthreads=settings.omp_nthreads),
+                            name=f"brainmask_{key}", n_procs=settings.omp_nthreads, mem_gb=1.5)
+        elif reference is not None and reference in brains:
+            brain = pe.Node(BrainMask(in_file=str(image.path), reference_name=reference.path.name),
+                            name=f"brainmask_{key}", mem_gb=1.0)
+            workflow.connect([
+                (brains[reference], brain, [("mask_file", "reference_mask")]),
+                (registrations[reference], brain, [("matrix_file", "reference_matrix")]),
+                (register, brain, [("matrix_file", "matrix_file")]),
+            ])  # fmt: skip
+        if brain is not None:
+            brains[image] = brain
+        if image in skip:  # its registration and brain are needed by a follower, nothing else
+            workflow.add_nodes([register] + ([brain] if brain is not None else []))
             continue
         deface = pe.Node(
             DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
@@ -162,6 +181,12 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                             ("metrics_file", "mask_metrics_file")]),
             (qc, sink, [("metrics_file", "qc_file"), ("figures", "figures")]),
         ])  # fmt: skip
+        if brain is not None:
+            workflow.connect([
+                (brain, deface, [("mask_file", "brain_mask_file")]),
+                (brain, qc, [("mask_file", "brain_mask_file"),
+                             ("metrics_file", "brain_mask_metrics_file")]),
+            ])  # fmt: skip
         method, model = reface_plan(image, settings)
         if method != "none":
             reface = pe.Node(
