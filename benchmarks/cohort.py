@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/cohort.py HEADS_DIR [--nprocs 2] [--limit N] [--keep DIR]
+    python benchmarks/cohort.py HEADS_DIR [--nprocs 2] [--limit N] [--chunk N] [--keep DIR]
     python benchmarks/cohort.py HEADS_DIR --reuse DIR     # measure an earlier --keep run
 
 ``HEADS_DIR`` holds NIfTI heads (``*.nii`` or ``*.nii.gz``, in subfolders too), one person per
@@ -10,7 +10,9 @@ file unless :data:`PEOPLE` (or ``HEADS_DIR/people.tsv``: file name, tab, person)
 several files are one person's: those become sessions of one participant. The dataset is built
 in a temporary folder, then the real ``bidsreface`` command runs the participant level
 (``--nprocs N``, the default settings) and the group level, in child processes whose summed
-resident memory is sampled (:func:`batch.timed_run`).
+resident memory is sampled (:func:`batch.timed_run`). With ``--chunk N`` the participant level
+runs N participants at a time (``--participant-label``), people scanned more than once first,
+so that a long run that is stopped has measured them; ``--reuse`` then measures what is done.
 
 Per image: whether the QC found a face on the defaced render; the share of a reference face
 region set to background (:func:`reference_face`: eyes, nose and lips found from the head's
@@ -91,6 +93,8 @@ def build_cohort(heads_dir: Path, root: Path, limit: int | None = None) -> dict[
     """Write ``root/bids`` (one participant per person, one session per scan of a person
     scanned more than once); return ``{bids relative path: source file}``."""
     people = find_heads(heads_dir)
+    # people scanned more than once first (see --chunk)
+    people = dict(sorted(people.items(), key=lambda item: len(item[1]) == 1))
     if limit:
         people = dict(list(people.items())[:limit])
     bids, sources, rows = root / "bids", {}, ["participant_id\tsource"]
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("heads_dir", type=Path)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--limit", type=int, help="only the first N people")
+    parser.add_argument("--chunk", type=int, help="run the participant level N people at a time")
     parser.add_argument("--keep", type=Path, help="build and run here, and keep it")
     parser.add_argument("--reuse", type=Path, help="measure the run kept in this folder")
     opts = parser.parse_args(argv)
@@ -313,13 +318,25 @@ def main(argv: list[str] | None = None) -> int:
             command = [str(Path(sys.executable).with_name("bidsreface")), str(root / "bids"),
                        str(root / "out")]
             start = time.perf_counter()
-            seconds, peak, code, summary = timed_run(
-                [*command, "participant", "--nprocs", str(opts.nprocs), "-w",
-                 str(root / "work")], root / "participant.log")
+            labels = list(dict.fromkeys(rel.split("/")[0].removeprefix("sub-")
+                                        for rel in sources))
+            chunk = opts.chunk or len(labels)
+            seconds, peak, code, summaries = 0.0, 0, 0, []
+            for first in range(0, len(labels), chunk):
+                part = labels[first:first + chunk]
+                took, part_peak, part_code, summary = timed_run(
+                    [*command, "participant", "--nprocs", str(opts.nprocs), "-w",
+                     str(root / "work"), "--participant-label", *part],
+                    root / f"participant{first // chunk:03d}.log")
+                seconds, peak, code = seconds + took, max(peak, part_peak), max(code, part_code)
+                summaries.append(summary)
+                print(f"participants {first + 1}-{first + len(part)} of {len(labels)}: "
+                      f"{took:.0f} s, exit code {part_code}", flush=True)
+            summary = " | ".join(summaries)
             group_seconds, group_peak, group_code, _ = timed_run(
                 [*command, "group", "-w", str(root / "work")], root / "group.log")
             run = {"seconds": seconds, "peak": peak, "code": code, "summary": summary,
-                   "nprocs": opts.nprocs, "group_seconds": group_seconds,
+                   "nprocs": opts.nprocs, "chunk": chunk, "group_seconds": group_seconds,
                    "group_peak": group_peak, "group_code": group_code,
                    "total_seconds": time.perf_counter() - start}
             (root / "run.json").write_text(json.dumps(run))
