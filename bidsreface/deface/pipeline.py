@@ -61,6 +61,7 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
 
 def _write_brain(brain: np.ndarray, like: nb.Nifti1Image, out_dir: str | Path) -> Path:
     path = Path(out_dir) / "brain_mask.nii.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
     nb.save(nb.Nifti1Image(brain.astype(np.uint8), like.affine), path)
     return path
 
