@@ -48,7 +48,7 @@ def robex_mask(img: nb.Nifti1Image) -> tuple[np.ndarray, float]:
     data = np.asanyarray(img.dataobj).reshape(img.shape[:3]).astype(np.float32)
     start = time.perf_counter()
     _, mask = robex(nb.Nifti1Image(data, img.affine))
-    return np.asanyarray(mask.dataobj).reshape(img.shape[:3]) > 0, time.perf_counter() - start
+    return mask.get_fdata().reshape(img.shape[:3]) > 0, time.perf_counter() - start
 
 
 def reference_heads(tmp: Path) -> list[tuple[str, nb.Nifti1Image, np.ndarray]]:

@@ -18,11 +18,12 @@ Per image: whether the QC found a face on the defaced render; the share of a ref
 region set to background (:func:`reference_face`: eyes, nose and lips found from the head's
 own surface and brain, never from the registration, and kept at least 5 mm from the image's
 own brain mask); the voxels of the image's own brain mask (the one the run made) changed in
-the defaced and refaced images; head tissue removed (ml); the registration's head overlap and
-correlation; and the seconds of each step from the QC record. A failed image is listed with
-its one-line reason. The summary gives the counts against the targets, the run's wall time
-per image and its peak memory. Faces are personal data: nothing is rendered or written
-outside the temporary folder (or ``--keep DIR``).
+the defaced and refaced images, and how many would have been in the face mask had the
+template brain alone guarded it (``tpl alone``); head tissue removed (ml); the
+registration's head overlap and correlation; and the seconds of each step from the QC
+record. A failed image is listed with its one-line reason. The summary gives the counts
+against the targets, the run's wall time per image and its peak memory. Faces are personal
+data: nothing is rendered or written outside the temporary folder (or ``--keep DIR``).
 """
 
 from __future__ import annotations
@@ -167,13 +168,27 @@ def reference_face(data: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
 # --------------------------------------------------------------------------- measures
 
 
-def work_brain_mask(work: Path, rel: str) -> Path | None:
-    """The image's own brain mask made by the run (in its work folder), or None."""
+def work_file(work: Path, rel: str, node: str, name: str) -> Path | None:
+    """A file the run wrote in the work folder of an image's node (``brainmask``,
+    ``register``), or None."""
     key = "_".join(Path(rel).name.split("_")[1:]).split(".")[0]
     key = "".join(c if c.isalnum() else "_" for c in key)
     subject = rel.split("/")[0].removeprefix("sub-")
-    found = sorted(work.rglob(f"sub_{subject}_wf/brainmask_{key}/brain_mask.nii.gz"))
+    found = sorted(work.rglob(f"sub_{subject}_wf/{node}_{key}/{name}"))
     return found[0] if found else None
+
+
+def template_guard_alone(work: Path, rel: str, img: nb.Nifti1Image, brain: np.ndarray) -> int:
+    """Voxels of the image's own brain inside the face mask the template brain alone (as
+    carried by the run's registration) would have guarded, with the default margin."""
+    from bidsreface.deface.mask import face_mask
+    from bidsreface.deface.template import load_template
+
+    matrix = work_file(work, rel, "register", "matrix.txt")
+    distance = nb.load(work_file(work, rel, "register", "brain_distance.nii.gz"))
+    mask, _ = face_mask(img.shape[:3], img.affine, np.loadtxt(matrix), load_template(),
+                        brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine))
+    return int((mask & brain).sum())
 
 
 def measure(root: Path, rel: str) -> dict:
@@ -203,7 +218,7 @@ def measure(root: Path, rel: str) -> dict:
     mask = np.asanyarray(nb.load(derivative_path(
         out, image, suffix="defacemask", extension=".nii.gz", mod=image.suffix)).dataobj
     ).reshape(shape) > 0
-    brain_file = work_brain_mask(root / "work", rel)
+    brain_file = work_file(root / "work", rel, "brainmask", "brain_mask.nii.gz")
     brain = (np.asanyarray(nb.load(brain_file).dataobj).reshape(shape) > 0
              if brain_file else None)
     voxel_ml = abs(np.linalg.det(raw_img.affine[:3, :3])) / 1000
@@ -219,6 +234,7 @@ def measure(root: Path, rel: str) -> dict:
     if brain is not None:
         row["brain_changed"] = int(sum(np.count_nonzero((raw != stored_values(p)) & brain)
                                        for p in outputs.values()))
+        row["template_alone"] = template_guard_alone(root / "work", rel, raw_img, brain)
         face = reference_face(raw, raw_img.affine, brain)
         row["face_region_ml"] = float(face.sum() * voxel_ml)
         row["removed"] = (float((defaced[face] == background_value(raw)).mean())
@@ -237,14 +253,15 @@ def fmt(value, spec: str) -> str:
 def report(rows: list[dict], run: dict) -> None:
     """Print the table and the summary."""
     print(f"{'image':44s} {'status':7s} {'face':>4s} {'removed':>7s} {'brain chg':>9s} "
-          f"{'head ml':>7s} {'dice':>5s} {'corr':>5s} {'guard':>12s} {'s':>5s}")
+          f"{'tpl alone':>9s} {'head ml':>7s} {'dice':>5s} {'corr':>5s} {'guard':>12s} {'s':>5s}")
     for r in rows:
         if not r["outputs"]:
             print(f"{r['image']:44s} failed  {r['reason']}")
             continue
         print(f"{r['image']:44s} {r['status']:7s} {fmt(r['face_detected'], ''):>4s} "
               f"{fmt(r.get('removed'), '.4f'):>7s} {fmt(r.get('brain_changed'), 'd'):>9s} "
-              f"{fmt(r['head_removed_ml'], '.1f'):>7s} {fmt(r['head_dice'], '.3f'):>5s} "
+              f"{fmt(r.get('template_alone'), 'd'):>9s} {fmt(r['head_removed_ml'], '.1f'):>7s} "
+              f"{fmt(r['head_dice'], '.3f'):>5s} "
               f"{fmt(r['correlation'], '.3f'):>5s} {fmt(r['brain_guard'], ''):>12s} "
               f"{fmt(r['seconds'], '.0f'):>5s}")
         if r["status"] != "ok":
@@ -267,6 +284,9 @@ def report(rows: list[dict], run: dict) -> None:
     changed = [r["brain_changed"] for r in done if r.get("brain_changed") is not None]
     print(f"own brain voxels changed: {sum(changed)} in all, {sum(c > 0 for c in changed)} "
           f"images of {len(changed)} with an own brain mask (target 0)")
+    alone = [r["template_alone"] for r in done if r.get("template_alone") is not None]
+    print(f"without the own brain (template brain alone guarding): {sum(alone)} own-brain "
+          f"voxels in the face mask, in {sum(a > 0 for a in alone)} images of {len(alone)}")
     guards = {}
     for r in done:
         guards[r["brain_guard"]] = guards.get(r["brain_guard"], 0) + 1
