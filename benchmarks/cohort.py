@@ -56,11 +56,14 @@ PEOPLE = {
     "dcm_qa_xa30_T1w_2mm_s5": "X",
     "dcm_qa_xa30_T1w_2mm_s6": "X",
 }
-#: Reference face region, in mm from the tip of the nose (RAS: x right, z up), how deep
-#: behind the face's surface it reaches, and its half width.
-EYES = {"z": (18.0, 45.0), "half_width": (14.0, 45.0), "depth": 25.0}
+#: Reference face region, in mm from the tip of the nose (RAS: x right, z up): the nose and
+#: the lips, as bands of height and half width reaching ``depth`` mm behind the face's
+#: surface, and the eye globes, spheres of ``radius`` mm centred ``x`` mm either side of the
+#: mid-line, ``z`` mm above the tip and ``radius`` mm behind the surface (adult means: pupils
+#: 63 mm apart, about 25 mm above the tip of the nose, globes 24 mm across).
 NOSE = {"z": (-5.0, 30.0), "half_width": (0.0, 14.0), "depth": 20.0}
 LIPS = {"z": (-40.0, -15.0), "half_width": (0.0, 25.0), "depth": 15.0}
+EYES = {"x": 31.5, "z": 25.0, "radius": 12.0}
 
 
 def stem(path: Path) -> str:
@@ -128,10 +131,10 @@ def reference_face(data: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
 
     The head is the largest component above Otsu's air level; the tip of the nose is its
     most anterior voxel below the front of the brain and within 20 mm of the brain's
-    mid-line. Each part is the head tissue within its depth of the face's surface (the most
-    anterior head voxel of each left-right, up-down column, in world mm) inside its band of
-    height and width around the tip (:data:`EYES`, :data:`NOSE`, :data:`LIPS`). Voxels closer
-    than 5 mm to the brain are left out.
+    mid-line. The nose and lips are the head tissue within their depth of the face's surface
+    (the most anterior head voxel of each left-right, up-down column of 2 mm, in world mm)
+    inside their bands around the tip (:data:`NOSE`, :data:`LIPS`); the eyes are the head
+    tissue in two spheres (:data:`EYES`). Voxels closer than 5 mm to the brain are left out.
     """
     from scipy import ndimage
 
@@ -153,13 +156,20 @@ def reference_face(data: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
     uniq, start = np.unique(keys[order], return_index=True)
     front = np.maximum.reduceat(rel[order, 1], start)
     depth = front[np.searchsorted(uniq, keys)] - rel[:, 1]
-    face = np.zeros(head.shape, bool)
-    for part in (EYES, NOSE, LIPS):
+    inside = np.zeros(len(rel), bool)
+    for part in (NOSE, LIPS):
         width = np.abs(rel[:, 0])
-        inside = ((rel[:, 2] >= part["z"][0]) & (rel[:, 2] <= part["z"][1])
-                  & (width >= part["half_width"][0]) & (width <= part["half_width"][1])
-                  & (depth <= part["depth"]))
-        face[tuple(ijk[inside].T)] = True
+        inside |= ((rel[:, 2] >= part["z"][0]) & (rel[:, 2] <= part["z"][1])
+                   & (width >= part["half_width"][0]) & (width <= part["half_width"][1])
+                   & (depth <= part["depth"]))
+    for side in (-1, 1):
+        column = (np.abs(rel[:, 0] - side * EYES["x"]) < 2) & (np.abs(rel[:, 2] - EYES["z"]) < 2)
+        if column.any():
+            centre = np.array([side * EYES["x"], rel[column, 1].max() - EYES["radius"],
+                               EYES["z"]])
+            inside |= np.linalg.norm(rel - centre, axis=1) <= EYES["radius"]
+    face = np.zeros(head.shape, bool)
+    face[tuple(ijk[inside].T)] = True
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
     far = ndimage.distance_transform_edt(~brain, sampling=zooms) >= MARGIN_MM
     return face & far
