@@ -64,6 +64,8 @@ PEOPLE = {
 NOSE = {"z": (-5.0, 30.0), "half_width": (0.0, 14.0), "depth": 20.0}
 LIPS = {"z": (-40.0, -15.0), "half_width": (0.0, 25.0), "depth": 15.0}
 EYES = {"x": 31.5, "z": 25.0, "radius": 12.0}
+#: Nothing of the reference region lies further behind the tip of the nose (mm).
+FACE_DEPTH_MM = 50.0
 
 
 def stem(path: Path) -> str:
@@ -132,9 +134,10 @@ def reference_face(data: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
     The head is the largest component above Otsu's air level; the tip of the nose is its
     most anterior voxel below the front of the brain and within 20 mm of the brain's
     mid-line. The nose and lips are the head tissue within their depth of the face's surface
-    (the most anterior head voxel of each left-right, up-down column of 2 mm, in world mm)
-    inside their bands around the tip (:data:`NOSE`, :data:`LIPS`); the eyes are the head
-    tissue in two spheres (:data:`EYES`). Voxels closer than 5 mm to the brain are left out.
+    (the most anterior head voxel of each left-right, up-down column of 2 mm, in world mm;
+    nothing more than 50 mm behind the tip) inside their bands around the tip (:data:`NOSE`,
+    :data:`LIPS`); the eyes are the head tissue in two spheres (:data:`EYES`). Voxels closer
+    than 5 mm to the brain are left out.
     """
     from scipy import ndimage
 
@@ -156,6 +159,8 @@ def reference_face(data: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> n
     uniq, start = np.unique(keys[order], return_index=True)
     front = np.maximum.reduceat(rel[order, 1], start)
     depth = front[np.searchsorted(uniq, keys)] - rel[:, 1]
+    # a column whose face the air threshold lost would take its surface at the back
+    depth[rel[:, 1] < -FACE_DEPTH_MM] = np.inf
     inside = np.zeros(len(rel), bool)
     for part in (NOSE, LIPS):
         width = np.abs(rel[:, 0])
@@ -214,8 +219,9 @@ def measure(root: Path, rel: str) -> dict:
     record_file = qc_path(out, image)
     if not record_file.is_file():
         failed = failure_path(out, image)
-        reason = (json.loads(failed.read_text()).get("reason", "?") if failed.is_file()
-                  else "no record")
+        if not failed.is_file():  # a stopped run had not reached it
+            return {**row, "status": "not run", "outputs": False}
+        reason = json.loads(failed.read_text()).get("reason", "?")
         return {**row, "status": "failed", "reason": reason, "outputs": False}
     record = json.loads(record_file.read_text())
     qc = record.get("qc") or {}
@@ -264,6 +270,8 @@ def report(rows: list[dict], run: dict) -> None:
     """Print the table and the summary."""
     print(f"{'image':44s} {'status':7s} {'face':>4s} {'removed':>7s} {'brain chg':>9s} "
           f"{'tpl alone':>9s} {'head ml':>7s} {'dice':>5s} {'corr':>5s} {'guard':>12s} {'s':>5s}")
+    not_run = [r for r in rows if r["status"] == "not run"]
+    rows = [r for r in rows if r["status"] != "not run"]
     for r in rows:
         if not r["outputs"]:
             print(f"{r['image']:44s} failed  {r['reason']}")
@@ -281,6 +289,8 @@ def report(rows: list[dict], run: dict) -> None:
     measured = [r for r in done if r.get("removed") is not None and not np.isnan(r["removed"])]
     n = len(rows)
     print()
+    if not_run:
+        print(f"not run yet (a stopped run): {len(not_run)} images")
     print(f"images: {n}; with outputs {len(done)}; failed with no outputs {len(failed_runs)}; "
           f"QC status ok {sum(r['status'] == 'ok' for r in done)}")
     print(f"face detected on the defaced render: {sum(bool(r['face_detected']) for r in done)} "
