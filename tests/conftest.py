@@ -86,3 +86,15 @@ def participant_run(real_dataset, tmp_path_factory):
         group = main([str(bids), str(out), "group", "-w", str(work)])
     return {"bids": bids, "out": out, "manifest": manifest, "before": before,
             "codes": (participant, group), "work": work, "tmp": tmp, "export": export}
+
+
+#: The folder of real heads beside the repository (``../shared/heads``), where present.
+SHARED_HEADS = Path(__file__).resolve().parents[2] / "shared" / "heads"
+
+
+@pytest.fixture(scope="session")
+def shared_heads():
+    """``../shared/heads`` (real heads of many people); skips the test where it is absent."""
+    if not (SHARED_HEADS / "ixi").is_dir():
+        pytest.skip(f"needs the real heads of {SHARED_HEADS} (not on this machine)")
+    return SHARED_HEADS

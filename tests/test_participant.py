@@ -151,6 +151,14 @@ def test_qc_metrics_in_records(run):
         qc = record["qc"]
         assert qc["status"] == "ok" and qc["reasons"] == [], record["source"]
         assert qc["guard_overlap"] == 0 and qc["changed_outside_mask"] == 0
+        # every session has a T1w: its own brain (deepbet) guards it, carried to the T2w
+        assert qc["brain_guard"] == "own+template" and qc["own_brain_changed"] == 0
+        made = "own" if record["suffix"] == "T1w" else "carried"
+        assert qc["brain_mask"]["brain_mask"] == made
+        assert 800 < qc["brain_mask"]["brain_mask_ml"] < 2000
+        assert len(qc["brain_mask"]["brain_model"]["sha256"]) == 64
+        if made == "carried":
+            assert qc["brain_mask"]["brain_mask_from"] == "sub-04_ses-2_T1w.nii.gz"
         assert qc["original_face_detected"]
         kinds = ["defaced"] + (["refaced"] if record["suffix"] == "T1w" else [])
         assert sorted(k for k in ("defaced", "refaced") if k in qc) == kinds
@@ -161,7 +169,7 @@ def test_qc_metrics_in_records(run):
         if "refaced" in qc:  # whether a face is found on it depends on the model
             assert qc["model_sha256"] and isinstance(qc["refaced"]["face_detected"], bool)
         seconds = qc["seconds"]
-        assert {"registration", "defacing", "qc"} <= set(seconds)
+        assert {"registration", "brain_mask", "defacing", "qc"} <= set(seconds)
         assert all(v is not None and v >= 0 for v in seconds.values()) and seconds["qc"] > 0
         assert sorted(record["outputs"]["figures"]) == REFACED_FIGURES[:2 * len(kinds)]
         assert qc["withheld"] == {}

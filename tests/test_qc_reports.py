@@ -38,6 +38,7 @@ def test_passing_metrics_have_no_reason():
     ({"registration_ok": False}, "the registration failed its quality check"),
     ({"changed_outside_mask": 3}, "3 voxels changed outside the deface mask"),
     ({"guard_overlap": 7}, "the deface mask overlaps the brain guard by 7 voxels"),
+    ({"own_brain_changed": 2}, "2 voxels of the image's own brain mask changed"),
     ({"face_volume_ml": 0.0}, "the face mask is 0.0 ml (< 20): it cannot cover a face"),
     ({"defaced": {"face_detected": True, "face_distance": 0.0}},
      "a face is still detected on the defaced head"),

@@ -76,9 +76,35 @@ def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: T
     return lo, hi
 
 
+def own_brain_guard(own_brain: np.ndarray, affine: np.ndarray, lo, hi,
+                    margin_mm: float) -> np.ndarray:
+    """Voxels of the box ``lo:hi`` within ``margin_mm`` (native mm) of the image's own brain.
+
+    The distance is computed on the box grown by the margin (plus a voxel), which holds every
+    brain voxel that close to the box.
+
+    >>> brain = np.zeros((20, 1, 1), bool); brain[:5] = True
+    >>> guard = own_brain_guard(brain, np.eye(4), np.array([0, 0, 0]), np.array([20, 1, 1]), 3)
+    >>> int(guard.sum())
+    8
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    pad = np.ceil(margin_mm / zooms).astype(int) + 1
+    a = np.maximum(np.asarray(lo) - pad, 0)
+    b = np.minimum(np.asarray(hi) + pad, own_brain.shape)
+    crop = own_brain[tuple(slice(i, j) for i, j in zip(a, b, strict=True))]
+    if not crop.any():
+        return np.zeros(tuple(np.asarray(hi) - np.asarray(lo)), bool)
+    near = ndimage.distance_transform_edt(~crop, sampling=zooms) <= margin_mm
+    start = np.asarray(lo) - a
+    return near[tuple(slice(s, s + n) for s, n in zip(start, np.asarray(hi) - np.asarray(lo),
+                                                      strict=True))]
+
+
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
               ears: bool = False, brain_margin_mm: float = 5.0,
               brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
+              own_brain: np.ndarray | None = None,
               ) -> tuple[np.ndarray, dict]:
     """The voxels to deface on a native grid.
 
@@ -90,7 +116,10 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     are kept, plus ``ANATOMY_ALLOWANCE_MM``. ``brain_distance`` (values, affine) is the
     template brain's distance map already carried onto this image's grid through a deformable
     refinement (:func:`~bidsreface.deface.register.brain_distance_map`); with it the smaller
-    ``SYN_ALLOWANCE_MM`` applies.
+    ``SYN_ALLOWANCE_MM`` applies. ``own_brain`` (boolean, on the native grid) is the image's
+    own brain (:mod:`bidsreface.deface.brain`): every voxel within ``brain_margin_mm`` native
+    millimetres of it is kept too, so the guard is the union of both brains, each grown by
+    the margin.
 
     Returns the boolean mask and figures describing it.
     """
@@ -100,7 +129,8 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     lo, hi = _bounding_box(native_vox, shape)
     mask = np.zeros(shape, dtype=bool)
     if np.any(hi <= lo):
-        return mask, {"face_voxels": 0, "guard_mm_template": None}
+        return mask, {"face_voxels": 0, "guard_mm_template": None,
+                      "brain_guard": "template" if own_brain is None else "own+template"}
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
     allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
     guard_mm = brain_margin_mm / s_min + allowance
@@ -119,10 +149,20 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     guard = np.zeros_like(face)
     guard[tuple(inside.T)] = distance < guard_mm + float(
         np.sqrt((values_affine[:3, :3] ** 2).sum(0)).max())
+    template_guard = guard.copy()
+    if own_brain is not None:
+        if own_brain.shape != tuple(shape):
+            raise ValueError(f"brain mask shape {own_brain.shape} differs from image {shape}")
+        if len(inside):  # only around the face region's own voxels
+            f_lo, f_hi = inside.min(0), inside.max(0) + 1
+            guard[tuple(slice(a, b) for a, b in zip(f_lo, f_hi, strict=True))] |= \
+                own_brain_guard(own_brain, affine, lo + f_lo, lo + f_hi, brain_margin_mm)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     mask[box] = face & ~guard
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
     return mask, {
+        "brain_guard": "template" if own_brain is None else "own+template",
+        "guard_voxels_own_only": int((face & guard & ~template_guard).sum()),
         "face_voxels": int(mask.sum()),
         "face_volume_ml": round(float(mask.sum()) * voxel_ml, 2),
         "guard_voxels_removed": int((face & guard).sum()),

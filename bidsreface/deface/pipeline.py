@@ -16,6 +16,7 @@ from ..image import (
     stored_values,
 )
 from .apply import deface
+from .brain import brain_model_info, carry_mask, own_brain_mask, volume_ml
 from .mask import face_mask
 from .register import (
     Registration,
@@ -65,20 +66,57 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
     return reg, distance
 
 
+def _write_brain(brain: np.ndarray, like: nb.Nifti1Image, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "brain_mask.nii.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb.save(nb.Nifti1Image(brain.astype(np.uint8), like.affine), path)
+    return path
+
+
+def brain_mask_file(in_file: str, out_dir: str | Path, *, nthreads: int = 1) -> tuple[Path, dict]:
+    """The image's own brain mask (a T1w), written into ``out_dir``; its path and figures."""
+    img = load_image(in_file)
+    brain = own_brain_mask(np.asanyarray(img.dataobj), img.affine, nthreads=nthreads,
+                           path=in_file)
+    return _write_brain(brain, img, out_dir), {
+        "brain_mask": "own", "brain_mask_ml": volume_ml(brain, img.affine),
+        "brain_model": brain_model_info()}
+
+
+def carry_brain_mask_file(in_file: str, matrix: np.ndarray, reference_mask_file: str,
+                          reference_matrix: np.ndarray, out_dir: str | Path,
+                          ) -> tuple[Path, dict]:
+    """The session T1w's own brain mask carried onto another contrast of the session.
+
+    ``matrix`` and ``reference_matrix`` map template mm to this image's and to the T1w's mm;
+    the T1w -> image part (``matrix @ inv(reference_matrix)``) is their rigid registration.
+    """
+    img = nb.load(in_file)
+    ref = nb.load(reference_mask_file)
+    brain = carry_mask(np.asanyarray(ref.dataobj) > 0, ref.affine,
+                       matrix @ np.linalg.inv(reference_matrix), img.shape[:3], img.affine)
+    return _write_brain(brain, img, out_dir), {
+        "brain_mask": "carried", "brain_mask_ml": volume_ml(brain, img.affine),
+        "brain_model": brain_model_info()}
+
+
 def deface_file(in_file: str, matrix: np.ndarray, out_dir: str | Path, *, ears: bool = False,
                 brain_margin_mm: float = 5.0,
                 brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
+                own_brain: np.ndarray | None = None,
                 keep_extensions: bool = False) -> tuple[Path, Path, dict]:
     """Deface one image; write the defaced image and its mask into ``out_dir``.
 
-    The defaced image keeps the input's header (scaling included) without its free-text
-    fields, and without its extensions unless *keep_extensions*. Returns the two paths and
-    the mask's figures.
+    ``own_brain`` is the image's own brain mask (:func:`brain_mask_file`), None to guard the
+    template brain alone. The defaced image keeps the input's header (scaling included)
+    without its free-text fields, and without its extensions unless *keep_extensions*.
+    Returns the two paths and the mask's figures.
     """
     stored = stored_values(in_file)  # the file was checked by the registration step
     affine = nb.load(in_file).affine
     mask, info = face_mask(stored.shape, affine, matrix, load_template(), ears=ears,
-                           brain_margin_mm=brain_margin_mm, brain_distance=brain_distance)
+                           brain_margin_mm=brain_margin_mm, brain_distance=brain_distance,
+                           own_brain=own_brain)
     out_dir = Path(out_dir)
     background = stored_background(stored, read_header(in_file))
     defaced = save_like(deface(stored, mask, background), in_file, out_dir / "defaced.nii.gz",

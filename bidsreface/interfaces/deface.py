@@ -63,10 +63,52 @@ class RegisterImage(SimpleInterface):
         return runtime
 
 
+class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image (a T1w, unless reference_mask)")
+    matrix_file = File(exists=True, desc="template mm -> image mm (with reference_mask)")
+    reference_mask = File(exists=True, desc="the session T1w's own brain mask, to carry")
+    reference_matrix = File(exists=True, desc="template mm -> T1w mm (with reference_mask)")
+    reference_name = traits.Str(desc="file name of the T1w whose mask is carried")
+    nthreads = traits.Int(1, usedefault=True, desc="threads of the brain-mask network")
+
+
+class _BrainMaskOutputSpec(TraitedSpec):
+    mask_file = File(exists=True, desc="the image's own brain mask (uint8, its grid)")
+    metrics_file = File(exists=True, desc="how the mask was made (JSON)")
+
+
+class BrainMask(SimpleInterface):
+    """The image's own brain mask (deepbet on a T1w), or its session T1w's carried to it."""
+
+    input_spec = _BrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from bidsreface.deface.pipeline import brain_mask_file, carry_brain_mask_file
+
+        if self.inputs.reference_mask:
+            mask, info = carry_brain_mask_file(
+                self.inputs.in_file, np.loadtxt(self.inputs.matrix_file),
+                self.inputs.reference_mask, np.loadtxt(self.inputs.reference_matrix),
+                runtime.cwd)
+            info["brain_mask_from"] = self.inputs.reference_name or None
+        else:
+            mask, info = brain_mask_file(self.inputs.in_file, runtime.cwd,
+                                         nthreads=self.inputs.nthreads)
+        metrics_file = os.path.join(runtime.cwd, "brain_mask.json")
+        with open(metrics_file, "w") as fobj:
+            json.dump(info, fobj, indent=2)
+        self._results.update(mask_file=str(mask), metrics_file=metrics_file)
+        return runtime
+
+
 class _DefaceInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     matrix_file = File(exists=True, mandatory=True)
     distance_file = File(exists=True, mandatory=True, desc="brain distance map")
+    brain_mask_file = File(exists=True, desc="the image's own brain mask (absent: template)")
     deface_ears = traits.Bool(False, usedefault=True)
     brain_margin_mm = traits.Float(5.0, usedefault=True)
     keep_extensions = traits.Bool(False, usedefault=True, desc="keep NIfTI header extensions")
@@ -91,11 +133,13 @@ class DefaceImage(SimpleInterface):
         from bidsreface.deface.pipeline import deface_file
 
         distance = nb.load(self.inputs.distance_file)
+        own_brain = (np.asanyarray(nb.load(self.inputs.brain_mask_file).dataobj) > 0
+                     if self.inputs.brain_mask_file else None)
         out, mask, info = deface_file(
             self.inputs.in_file, np.loadtxt(self.inputs.matrix_file), runtime.cwd,
             ears=self.inputs.deface_ears, brain_margin_mm=self.inputs.brain_margin_mm,
             brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine),
-            keep_extensions=self.inputs.keep_extensions)
+            own_brain=own_brain, keep_extensions=self.inputs.keep_extensions)
         metrics_file = os.path.join(runtime.cwd, "mask.json")
         with open(metrics_file, "w") as fobj:
             json.dump(info, fobj, indent=2)

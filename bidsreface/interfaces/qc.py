@@ -43,6 +43,8 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     mask_metrics_file = File(exists=True, mandatory=True)
     refaced_file = File(exists=True, desc="refaced image (absent: defaced only)")
     reface_metrics_file = File(exists=True, desc="refacing figures (JSON)")
+    brain_mask_file = File(exists=True, desc="the image's own brain mask (absent: none)")
+    brain_mask_metrics_file = File(exists=True, desc="how the brain mask was made (JSON)")
     brain_margin_mm = traits.Float(5.0, usedefault=True)
     seed = traits.Int(0, usedefault=True)
 
@@ -70,6 +72,7 @@ class ImageQC(SimpleInterface):
 
         refaced = self.inputs.refaced_file or None
         seconds = {"registration": node_seconds(self.inputs.matrix_file),
+                   "brain_mask": node_seconds(self.inputs.brain_mask_file or None),
                    "defacing": node_seconds(self.inputs.defaced_file)}
         if refaced:
             seconds["refacing"] = node_seconds(refaced)
@@ -79,7 +82,10 @@ class ImageQC(SimpleInterface):
             read(self.inputs.mask_metrics_file), self.inputs.distance_file,
             brain_margin_mm=self.inputs.brain_margin_mm, refaced_file=refaced,
             reface_info=read(self.inputs.reface_metrics_file) if refaced else None,
-            stage_seconds=seconds, seed=self.inputs.seed)
+            stage_seconds=seconds, seed=self.inputs.seed,
+            brain_mask_file=self.inputs.brain_mask_file or None,
+            brain_mask_info=(read(self.inputs.brain_mask_metrics_file)
+                             if self.inputs.brain_mask_metrics_file else None))
         paths = []
         for name, image in sorted(figures.items()):
             path = os.path.join(runtime.cwd, f"{name}.png")

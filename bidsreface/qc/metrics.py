@@ -31,6 +31,38 @@ MAX_HEAD_SCALE_CHANGE = 0.05
 # --------------------------------------------------------------------------- voxels
 
 
+def own_brain_changed(raw: np.ndarray, out: np.ndarray, brain: np.ndarray) -> int:
+    """Voxels of the image's own brain mask whose stored value differs in *out*.
+
+    >>> a = np.zeros((2, 2, 2)); b = a.copy(); b[0, 0, 0] = 1; b[1, 1, 1] = 1
+    >>> brain = np.zeros((2, 2, 2), bool); brain[0, 0, 0] = True
+    >>> own_brain_changed(a, b, brain)
+    1
+    """
+    return int(np.count_nonzero((raw != out) & brain.reshape(raw.shape)))
+
+
+def brain_checks(raw: np.ndarray, outputs: dict, brain: np.ndarray | None,
+                 brain_info: dict | None) -> dict:
+    """Which brain guarded the image, and the voxels of its own brain each output changed.
+
+    *outputs* maps ``defaced``/``refaced`` to their stored values. Without an own brain mask
+    (a contrast with no T1w in its session) the guard is the template brain alone and
+    ``own_brain_changed`` is None.
+    """
+    if brain is None:
+        return {"brain_guard": "template", "brain_mask": None, "own_brain_changed": None}
+    brain_info = brain_info or {}
+    per_output = {kind: own_brain_changed(raw, out, brain) for kind, out in outputs.items()}
+    return {
+        "brain_guard": "own+template",
+        "brain_mask": {key: brain_info.get(key) for key in
+                       ("brain_mask", "brain_mask_from", "brain_mask_ml", "brain_model")},
+        "own_brain_changed": sum(per_output.values()),
+        "own_brain_changed_by": per_output,
+    }
+
+
 def guard_overlap(mask: np.ndarray, affine: np.ndarray, distance: np.ndarray,
                   distance_affine: np.ndarray, guard_mm: float) -> int:
     """Voxels of *mask* closer than *guard_mm* to the brain, per a brain distance map.
@@ -170,6 +202,9 @@ def qc_reasons(metrics: dict) -> list[str]:
     reasons = []
     if not metrics.get("registration_ok", False):
         reasons.append("the registration failed its quality check")
+    own = metrics.get("own_brain_changed")
+    if own:
+        reasons.append(f"{own} voxels of the image's own brain mask changed")
     changed = metrics.get("changed_outside_mask", 0)
     if changed:
         reasons.append(f"{changed} voxels changed outside the deface mask")
@@ -296,7 +331,8 @@ def image_qc(raw_file: str | Path, defaced_file: str | Path, mask_file: str | Pa
              matrix: np.ndarray, registration: dict, mask_info: dict,
              distance_file: str | Path, *, brain_margin_mm: float = 5.0,
              refaced_file: str | Path | None = None, reface_info: dict | None = None,
-             stage_seconds: dict | None = None, seed: int = 0):
+             stage_seconds: dict | None = None, seed: int = 0,
+             brain_mask_file: str | Path | None = None, brain_mask_info: dict | None = None):
     """Metrics and figures of one de-identified image.
 
     Parameters
@@ -317,6 +353,9 @@ def image_qc(raw_file: str | Path, defaced_file: str | Path, mask_file: str | Pa
         Seconds of the earlier steps (registration, defacing, refacing).
     seed
         Seed of the head-size registrations.
+    brain_mask_file, brain_mask_info
+        The image's own brain mask and how it was made (None: the template brain alone
+        guarded it); any voxel of it changed fails the image.
 
     Returns
     -------
@@ -345,6 +384,13 @@ def image_qc(raw_file: str | Path, defaced_file: str | Path, mask_file: str | Pa
 
     metrics = timed("checks", voxel_checks, raw_file, outputs, mask, matrix, registration,
                     mask_info, distance_file, brain_margin_mm)
+    from ..image import stored_values
+
+    brain = (np.asarray(nb.load(brain_mask_file).dataobj).reshape(raw_img.shape[:3]) > 0
+             if brain_mask_file is not None else None)
+    metrics.update(timed("brain", brain_checks, stored_values(raw_file),
+                         {kind: stored_values(img.get_filename())
+                          for kind, img in outputs.items()}, brain, brain_mask_info))
     original, sizes = timed("head_scale", head_sizes, raw_img, outputs, matrix, registration,
                             seed)
     detected, faces, renders = timed("faces", face_checks, raw_img, outputs, matrix)

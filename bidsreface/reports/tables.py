@@ -12,6 +12,7 @@ COLUMNS = (
     "registration_ok", "head_dice", "correlation", "scales", "shear", "start_deg", "mask_from",
     "face_volume_ml", "face_voxels", "guard_voxels_removed", "guard_overlap",
     "changed_outside_mask", "changed_inside_mask", "refaced_changed_outside_mask",
+    "brain_guard", "own_brain_changed",
     "head_scale_original", "etiv_original_ml",
     "defaced_head_scale", "defaced_etiv_ml", "defaced_head_scale_change",
     "refaced_head_scale", "refaced_etiv_ml", "refaced_head_scale_change",
@@ -19,7 +20,8 @@ COLUMNS = (
     "defaced_face_detected", "defaced_face_score", "defaced_face_distance",
     "refaced_face_detected", "refaced_face_score", "refaced_face_distance",
     "reface_method", "model", "model_sha256", "reface_fraction",
-    "seconds_registration", "seconds_defacing", "seconds_refacing", "seconds_qc",
+    "seconds_registration", "seconds_brain_mask", "seconds_defacing", "seconds_refacing",
+    "seconds_qc",
 )  # fmt: skip
 #: Columns that only a refaced image has.
 REFACED_ONLY = tuple(c for c in COLUMNS if c.startswith("refaced_")) + (
@@ -91,7 +93,7 @@ def flags(record: dict) -> list[str]:
         found.append(f"failed QC: {record.get('reason', '')}")
     changed = (record.get("checks", {}).get("changed_outside_mask", 0)
                + record.get("checks", {}).get("refaced_changed_outside_mask", 0))
-    if changed or qc.get("guard_overlap"):
+    if changed or qc.get("guard_overlap") or qc.get("own_brain_changed"):
         found.append("brain changed")
     if (qc.get("defaced") or {}).get("face_detected"):
         found.append("face still detected after defacing")

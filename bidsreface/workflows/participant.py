@@ -93,13 +93,17 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     """Deface every image of one participant.
 
     Images in *skip* (done by an earlier run, see :mod:`bidsreface.resume`) get no nodes,
-    except the registration of a T1w that a redone image of its session follows.
+    except the registration and brain mask of a T1w that a redone image of its session
+    follows.
     *fingerprints* (``{image: sha256}``) are recorded with each image's outputs.
 
-    Each image gets a registration node (to the template, or rigidly to its session's T1w)
-    and a defacing node, except the members of a file collection other than its leader
-    (:mod:`bidsreface.collection`), which get a node ``mask_<key>`` that applies the leader's
-    mask; then a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
+    Each image gets a registration node (to the template, or rigidly to its session's T1w),
+    a brain-mask node ``brainmask_<key>`` (a T1w's own brain from the network; another
+    contrast's carried from its session's T1w; none without a T1w in the session, where the
+    template brain alone guards the image) and a defacing node, except the members of a file
+    collection other than its leader (:mod:`bidsreface.collection`), which get a node
+    ``mask_<key>`` that applies the leader's mask (and are checked against the leader's
+    brain); then a refacing node ``reface_<key>`` (see :func:`reface_plan`), a QC node
     ``qc_<key>`` (metrics, verdict and reportlets; the original face is rendered in memory
     only) and a derivatives sink ``ds_<key>``.
 
@@ -115,7 +119,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
     from ..collection import collection_leaders, registration_candidates, whole_collections
     from ..interfaces.bids import DerivativesSink
     from ..interfaces.collection import RegisterCollection, ShareMask
-    from ..interfaces.deface import DefaceImage, RegisterImage
+    from ..interfaces.deface import BrainMask, DefaceImage, RegisterImage
     from ..interfaces.qc import ImageQC
     from ..interfaces.reface import RefaceImage
 
@@ -125,7 +129,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         "crashfile_format": "txt",
     }}
     recorded = {key: getattr(settings, key) for key in OUTPUT_SETTINGS}
-    registrations, masks = {}, {}
+    registrations, masks, brains = {}, {}, {}
     references = session_references(images)
     leaders = collection_leaders(images)
     members: dict[AnatImage, list[AnatImage]] = {}
@@ -174,8 +178,27 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                       ("distance_file", "reference_distance")]),
                 ])  # fmt: skip
             registrations[image] = register
-            if image in skip:  # its registration is needed by a follower, nothing else
-                workflow.add_nodes([register])
+            # the image's own brain: a T1w's from the network, a follower's carried from its
+            # T1w
+            brain = None
+            if image.suffix == REFERENCE_SUFFIX:
+                brain = pe.Node(BrainMask(in_file=str(image.path),
+                                          nthreads=settings.omp_nthreads),
+                                name=f"brainmask_{key}", n_procs=settings.omp_nthreads,
+                                mem_gb=1.5)
+            elif reference is not None and reference in brains:
+                brain = pe.Node(BrainMask(in_file=str(image.path),
+                                          reference_name=reference.path.name),
+                                name=f"brainmask_{key}", mem_gb=1.0)
+                workflow.connect([
+                    (brains[reference], brain, [("mask_file", "reference_mask")]),
+                    (registrations[reference], brain, [("matrix_file", "reference_matrix")]),
+                    (register, brain, [("matrix_file", "matrix_file")]),
+                ])  # fmt: skip
+            if brain is not None:
+                brains[image] = brain
+            if image in skip:  # its registration and brain are needed by a follower only
+                workflow.add_nodes([register] + ([brain] if brain is not None else []))
                 continue
             deface = pe.Node(
                 DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
@@ -186,6 +209,8 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                 (register, deface, [("matrix_file", "matrix_file"),
                                     ("distance_file", "distance_file")]),
             ])  # fmt: skip
+            if brain is not None:
+                workflow.connect([(brain, deface, [("mask_file", "brain_mask_file")])])
             registration = (register, "metrics_file")
         masks[image] = deface
         sink = pe.Node(
@@ -209,6 +234,12 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                             ("metrics_file", "mask_metrics_file")]),
             (qc, sink, [("metrics_file", "qc_file"), ("figures", "figures")]),
         ])  # fmt: skip
+        if brain is not None:
+            workflow.connect([
+                (brain, deface, [("mask_file", "brain_mask_file")]),
+                (brain, qc, [("mask_file", "brain_mask_file"),
+                             ("metrics_file", "brain_mask_metrics_file")]),
+            ])  # fmt: skip
         method, model = reface_plan(image, settings)
         if method != "none":
             reface = pe.Node(
