@@ -234,12 +234,10 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                             ("metrics_file", "mask_metrics_file")]),
             (qc, sink, [("metrics_file", "qc_file"), ("figures", "figures")]),
         ])  # fmt: skip
-        if brain is not None:
-            workflow.connect([
-                (brain, deface, [("mask_file", "brain_mask_file")]),
-                (brain, qc, [("mask_file", "brain_mask_file"),
-                             ("metrics_file", "brain_mask_metrics_file")]),
-            ])  # fmt: skip
+        brain = brains.get(leader if leader is not None else image)
+        if brain is not None:  # a member shares its leader's grid, so its brain mask too
+            workflow.connect([(brain, qc, [("mask_file", "brain_mask_file"),
+                                           ("metrics_file", "brain_mask_metrics_file")])])
         method, model = reface_plan(image, settings)
         if method != "none":
             reface = pe.Node(
