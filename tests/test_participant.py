@@ -16,7 +16,7 @@ from conftest import checksums
 
 from bidsreface.bids import AnatImage, derivative_path
 from bidsreface.derivatives import qc_path
-from bidsreface.image import background_value, stored_values
+from bidsreface.image import TEXT_FIELDS, background_value, stored_values
 
 #: Least share of each reference face region (eyes, nose, lips) that must be removed.
 MIN_FACE_REMOVED = 0.99
@@ -60,15 +60,18 @@ def test_defaced_image(run, rel):
     defaced = derivative_path(run["out"], image, desc="defaced")
     mask_file = derivative_path(run["out"], image, mod=image.suffix, suffix="defacemask")
     raw_img, out_img = nb.load(image.path), nb.load(defaced)
-    # header, affine, shape and dtype identical; only the description differs
+    # header, affine, shape and dtype identical; only the free-text fields differ (cleared,
+    # the description replaced by bidsreface's note)
     assert out_img.shape == raw_img.shape
     assert out_img.get_data_dtype() == raw_img.get_data_dtype()
     assert np.array_equal(out_img.affine, raw_img.affine)
     raw_hdr, out_hdr = raw_img.header, out_img.header
     for key in raw_hdr:
-        if key != "descrip":
+        if key not in TEXT_FIELDS:
             assert np.array_equal(raw_hdr[key], out_hdr[key]) or (
                 np.isnan(raw_hdr[key]).all() and np.isnan(out_hdr[key]).all()), key
+        elif key != "descrip":
+            assert out_hdr[key].tobytes().strip(b"\0") == b"", key
     assert b"defaced by bidsreface" in out_hdr["descrip"].tobytes()
 
     raw, out = stored_values(image.path), stored_values(defaced)
