@@ -15,21 +15,17 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from .deface import (
+    RegistrationOptions,
+    RegistrationOutputs,
+    register_with,
+    write_registration,
+)
 
-class _RegisterCollectionInputSpec(BaseInterfaceInputSpec):
+
+class _RegisterCollectionInputSpec(RegistrationOptions):
     in_files = InputMultiObject(File(exists=True), mandatory=True,
                                 desc="the parts that may lead, in the leader rule's order")
-    reference_file = File(exists=True, desc="session T1w (rigid registration to it)")
-    reference_matrix = File(exists=True, desc="template -> reference matrix (text)")
-    reference_distance = File(exists=True, desc="brain distance map of the reference")
-    deface_ears = traits.Bool(False, usedefault=True, desc="guard the ears region too")
-    seed = traits.Int(0, usedefault=True)
-
-
-class _RegisterCollectionOutputSpec(TraitedSpec):
-    matrix_file = File(exists=True, desc="template mm -> native mm, 4x4 text")
-    metrics_file = File(exists=True, desc="registration quality metrics (JSON)")
-    distance_file = File(exists=True, desc="template brain distance map around the face region")
 
 
 class RegisterCollection(SimpleInterface):
@@ -39,29 +35,17 @@ class RegisterCollection(SimpleInterface):
     any other error fails the collection."""
 
     input_spec = _RegisterCollectionInputSpec
-    output_spec = _RegisterCollectionOutputSpec
+    output_spec = RegistrationOutputs
 
     def _run_interface(self, runtime):
         from pathlib import Path
 
-        import nibabel as nb
-        import numpy as np
-
-        from bidsreface.deface.pipeline import register_file, register_file_to_reference
         from bidsreface.errors import RegistrationError
 
         failures = []
         for in_file in self.inputs.in_files:
             try:
-                if self.inputs.reference_file:
-                    ref = nb.load(self.inputs.reference_distance)
-                    reg, (distance, affine) = register_file_to_reference(
-                        in_file, self.inputs.reference_file,
-                        np.loadtxt(self.inputs.reference_matrix), (ref.get_fdata(), ref.affine),
-                        ears=self.inputs.deface_ears, seed=self.inputs.seed)
-                else:
-                    reg, (distance, affine) = register_file(
-                        in_file, ears=self.inputs.deface_ears, seed=self.inputs.seed)
+                reg, distance, affine = register_with(in_file, self.inputs)
             except RegistrationError as err:
                 failures.append(f"{Path(in_file).name}: {err.problem}")
                 continue
@@ -73,15 +57,7 @@ class RegisterCollection(SimpleInterface):
         reg.metrics["registered_from"] = Path(in_file).name
         if failures:
             reg.metrics["failed_parts"] = failures
-        distance_file = os.path.join(runtime.cwd, "brain_distance.nii.gz")
-        nb.save(nb.Nifti1Image(distance.astype(np.float32), affine), distance_file)
-        matrix_file = os.path.join(runtime.cwd, "matrix.txt")
-        np.savetxt(matrix_file, reg.matrix)
-        metrics_file = os.path.join(runtime.cwd, "registration.json")
-        with open(metrics_file, "w") as fobj:
-            json.dump(reg.to_dict(), fobj, indent=2)
-        self._results.update(matrix_file=matrix_file, metrics_file=metrics_file,
-                             distance_file=distance_file)
+        self._results.update(write_registration(runtime.cwd, reg, distance, affine))
         return runtime
 
 

@@ -14,8 +14,9 @@ from nipype.interfaces.base import (
 )
 
 
-class _RegisterInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="image to register")
+class RegistrationOptions(BaseInterfaceInputSpec):
+    """Where an image registers to (the template, or its session's T1w) and how."""
+
     reference_file = File(exists=True, desc="session T1w (rigid registration to it)")
     reference_matrix = File(exists=True, desc="template -> reference matrix (text)")
     reference_distance = File(exists=True, desc="brain distance map of the reference")
@@ -23,7 +24,11 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
 
 
-class _RegisterOutputSpec(TraitedSpec):
+class _RegisterInputSpec(RegistrationOptions):
+    in_file = File(exists=True, mandatory=True, desc="image to register")
+
+
+class RegistrationOutputs(TraitedSpec):
     matrix_file = File(exists=True, desc="template mm -> native mm, 4x4 text")
     metrics_file = File(exists=True, desc="registration quality metrics (JSON)")
     distance_file = File(exists=True, desc="template brain distance map around the face region")
@@ -33,34 +38,48 @@ class RegisterImage(SimpleInterface):
     """Register an image to the template, or rigidly to its session's T1w when given."""
 
     input_spec = _RegisterInputSpec
-    output_spec = _RegisterOutputSpec
+    output_spec = RegistrationOutputs
 
     def _run_interface(self, runtime):
-        import nibabel as nb
-        import numpy as np
-
-        from bidsreface.deface.pipeline import register_file, register_file_to_reference
-
-        if self.inputs.reference_file:
-            ref = nb.load(self.inputs.reference_distance)
-            reg, (distance, affine) = register_file_to_reference(
-                self.inputs.in_file, self.inputs.reference_file,
-                np.loadtxt(self.inputs.reference_matrix), (ref.get_fdata(), ref.affine),
-                ears=self.inputs.deface_ears, seed=self.inputs.seed)
-        else:
-            reg, (distance, affine) = register_file(self.inputs.in_file,
-                                                    ears=self.inputs.deface_ears,
-                                                    seed=self.inputs.seed)
-        distance_file = os.path.join(runtime.cwd, "brain_distance.nii.gz")
-        nb.save(nb.Nifti1Image(distance.astype(np.float32), affine), distance_file)
-        matrix_file = os.path.join(runtime.cwd, "matrix.txt")
-        np.savetxt(matrix_file, reg.matrix)
-        metrics_file = os.path.join(runtime.cwd, "registration.json")
-        with open(metrics_file, "w") as fobj:
-            json.dump(reg.to_dict(), fobj, indent=2)
-        self._results.update(matrix_file=matrix_file, metrics_file=metrics_file,
-                             distance_file=distance_file)
+        self._results.update(write_registration(
+            runtime.cwd, *register_with(self.inputs.in_file, self.inputs)))
         return runtime
+
+
+def register_with(in_file: str, inputs) -> tuple:
+    """Register *in_file* as *inputs* (:class:`RegistrationOptions`) say; returns the
+    registration, the brain distance map and its affine."""
+    import nibabel as nb
+    import numpy as np
+
+    from bidsreface.deface.pipeline import register_file, register_file_to_reference
+
+    if inputs.reference_file:
+        ref = nb.load(inputs.reference_distance)
+        reg, (distance, affine) = register_file_to_reference(
+            in_file, inputs.reference_file, np.loadtxt(inputs.reference_matrix),
+            (ref.get_fdata(), ref.affine), ears=inputs.deface_ears, seed=inputs.seed)
+    else:
+        reg, (distance, affine) = register_file(in_file, ears=inputs.deface_ears,
+                                                seed=inputs.seed)
+    return reg, distance, affine
+
+
+def write_registration(cwd: str, reg, distance, affine) -> dict:
+    """Write a registration's matrix, metrics and brain distance map into *cwd*; returns the
+    outputs of :class:`RegistrationOutputs`."""
+    import nibabel as nb
+    import numpy as np
+
+    distance_file = os.path.join(cwd, "brain_distance.nii.gz")
+    nb.save(nb.Nifti1Image(distance.astype(np.float32), affine), distance_file)
+    matrix_file = os.path.join(cwd, "matrix.txt")
+    np.savetxt(matrix_file, reg.matrix)
+    metrics_file = os.path.join(cwd, "registration.json")
+    with open(metrics_file, "w") as fobj:
+        json.dump(reg.to_dict(), fobj, indent=2)
+    return {"matrix_file": matrix_file, "metrics_file": metrics_file,
+            "distance_file": distance_file}
 
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
