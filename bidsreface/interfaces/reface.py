@@ -18,6 +18,7 @@ class _RefaceInputSpec(BaseInterfaceInputSpec):
     defaced_file = File(exists=True, mandatory=True, desc="defaced image")
     mask_file = File(exists=True, mandatory=True, desc="its deface mask")
     matrix_file = File(exists=True, mandatory=True, desc="template mm -> native mm")
+    brain_mask_file = File(exists=True, desc="the image's own brain mask (privacy models)")
     method = traits.Enum("cgan", "template", mandatory=True)
     model_file = File(exists=True, desc="refacing model (cgan)")
     seed = traits.Int(0, usedefault=True)
@@ -52,7 +53,8 @@ class RefaceImage(SimpleInterface):
             device = resolve_device(self.inputs.device)
             out, info = reface_file(self.inputs.defaced_file, self.inputs.mask_file, matrix,
                                     load_model(self.inputs.model_file), out_file,
-                                    seed=self.inputs.seed, device=device)
+                                    seed=self.inputs.seed, device=device,
+                                    brain_file=self.inputs.brain_mask_file or None)
             info["device"] = device
         else:
             from bidsreface.reface.template_face import template_reface_file

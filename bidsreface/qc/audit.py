@@ -217,8 +217,11 @@ def distance_matrix(probes: list, gallery: list) -> np.ndarray:
         len(probes), len(gallery))
 
 
-def run_audit(images: list[AuditImage]) -> dict:
+def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS) -> dict:
     """The re-identification audit of *images*, in memory.
+
+    *conditions* are ``original`` (the originals turned, the reference) and the keys of the
+    images' ``outputs`` to probe with.
 
     Returns
     -------
@@ -239,7 +242,7 @@ def run_audit(images: list[AuditImage]) -> dict:
         gallery_ids.append(image.participant)
         gallery_sources.append(image.source)
     summary, rows = {}, []
-    for condition in CONDITIONS:
+    for condition in conditions:
         probes, sources, ids = [], [], []
         for image in images:
             if condition == "original":

@@ -1,9 +1,8 @@
 """Augmentation that makes many plausible heads from few, on the box grid (torch, CPU or GPU).
 
-Geometry: random smooth deformations, morphs between two heads along a SyN displacement,
-small registration jitter. Intensity: gamma (contrast), scale, a smooth bias field and noise.
-The defaced input is always derived from the augmented head and its (warped) mask, as the
-defacer would have made it.
+Geometry: random smooth deformations and small registration jitter. Intensity: gamma
+(contrast), scale, a smooth bias field and noise. The generator's input is made from the
+augmented head and its warped masks, as the privacy transform would have made it.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 class AugmentSettings:
     deform_vox: float = 2.5  # largest smooth displacement (box voxels)
     deform_control: int = 5  # control points per axis of the smooth field
-    morph_probability: float = 0.5
     jitter_deg: float = 4.0  # registration jitter: rotation ...
     jitter_vox: float = 2.0  # ... and shift
     gamma: tuple[float, float] = (0.7, 1.4)
@@ -89,32 +87,19 @@ def augment_intensity(head: torch.Tensor, settings: AugmentSettings, gen: torch.
     return (x.clamp(0, 1) * 2 - 1).to(head.dtype)
 
 
-def sample_head(pairs: list[dict], fields: dict, settings: AugmentSettings,
-                gen: torch.Generator) -> dict:
-    """One augmented training head: a pair, or a morph of two, deformed and re-contrasted.
+def augment_head(pair: dict, settings: AugmentSettings, gen: torch.Generator) -> dict:
+    """One augmented training head: deformed (smooth field and registration jitter) and
+    re-contrasted.
 
-    ``pairs`` are dicts of tensors (original, mask, fov on the box); ``fields[(a, b)]`` the
-    displacement with ``a(x) ~ b(x + u(x))``.
+    ``pair`` holds tensors on the box: ``original`` (scaled to [-1, 1]) and any number of
+    masks (``brain``, ``region``, ``fov``), which are warped with it and kept in [0, 1].
     """
-    a = int(torch.randint(len(pairs), (1,), generator=gen))
-    stack = torch.stack([pairs[a]["original"], pairs[a]["mask"], pairs[a]["fov"]])
+    keys = list(pair)
+    stack = torch.stack([pair[k] for k in keys])
     shape = tuple(stack.shape[1:])
-    padding = torch.tensor([-1.0, 0.0, 0.0])
-    partners = [b for (i, b) in fields if i == a]
-    if partners and float(torch.rand((), generator=gen)) < settings.morph_probability:
-        b = partners[int(torch.randint(len(partners), (1,), generator=gen))]
-        t = float(torch.rand((), generator=gen))
-        u = fields[(a, b)]
-        other = torch.stack([pairs[b]["original"], pairs[b]["mask"], pairs[b]["fov"]])
-        mine = warp(stack, -t * u, padding)
-        theirs = warp(other, (1 - t) * u, padding)
-        stack = torch.stack([(1 - t) * mine[0] + t * theirs[0],
-                             torch.maximum(mine[1], theirs[1]),
-                             torch.minimum(mine[2], theirs[2])])
+    padding = torch.tensor([-1.0 if k == "original" else 0.0 for k in keys])
     displacement = (smooth_field(shape, settings.deform_vox, settings.deform_control, gen)
                     + jitter_field(shape, settings.jitter_deg, settings.jitter_vox, gen))
     stack = warp(stack, displacement, padding)
-    original = augment_intensity(stack[0], settings, gen)
-    mask = stack[1].clamp(0, 1)
-    defaced = original * (1 - mask) - mask
-    return {"original": original, "defaced": defaced, "mask": mask, "fov": stack[2].clamp(0, 1)}
+    return {k: (augment_intensity(v, settings, gen) if k == "original" else v.clamp(0, 1))
+            for k, v in zip(keys, stack, strict=True)}

@@ -1,47 +1,57 @@
-"""Training pairs: full heads defaced by the project's own defacer, carried into the face box.
+"""Heads on the model's box: training heads, and the input of the first models.
 
-Each pair holds, on the box grid and scaled to [-1, 1]: the original head (the target), the
-defaced head and the face mask (the generator's input), and the part of the box inside the
-image's field of view (where the loss is counted).
+A :class:`PrivacyPair` holds, on the box grid, the original head scaled by its brain to
+[-1, 1] (the target), the brain mask, the region the defacer removed and the part of the box
+inside the image's field of view (where the loss is counted); the generator's input, the
+privacy transform (:mod:`bidsreface.reface.privacy`), is made from them during training after
+augmentation. :func:`box_inputs` is what the first models (conditioned on the defaced head and
+its mask) see.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..deface.mask import face_mask
-from ..deface.pipeline import register_file
-from ..deface.template import load_template
-from ..image import background_value, load_image
+from ..image import background_value
 from .space import FaceBox, intensity_scaling, sample_into_box
-
-LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
-class Pair:
-    """One training head on the box grid."""
+class PrivacyPair:
+    """One training head on the box grid, for the privacy-transform models."""
 
     name: str
     original: np.ndarray
-    defaced: np.ndarray
-    mask: np.ndarray
+    brain: np.ndarray
+    region: np.ndarray
     fov: np.ndarray
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, name=self.name, original=self.original,
-                            defaced=self.defaced, mask=self.mask, fov=self.fov)
+        np.savez_compressed(path, name=self.name, original=self.original.astype(np.float16),
+                            brain=self.brain.astype(bool), region=self.region.astype(np.float16),
+                            fov=self.fov.astype(np.float16))
 
     @classmethod
-    def load(cls, path: Path) -> Pair:
+    def load(cls, path: Path) -> PrivacyPair:
         with np.load(path) as f:
-            return cls(name=str(f["name"]), original=f["original"], defaced=f["defaced"],
-                       mask=f["mask"], fov=f["fov"])
+            return cls(name=str(f["name"]), **{k: f[k].astype(np.float32) for k in
+                                              ("original", "brain", "region", "fov")})
+
+
+def privacy_pair(name: str, data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
+                 region: np.ndarray, brain: np.ndarray, box: FaceBox) -> PrivacyPair:
+    """A head, its deface mask and brain mask (native grid) carried into the box."""
+    from .privacy import privacy_inputs
+
+    inputs, scaling = privacy_inputs(data, affine, matrix, region, brain, box)
+    original = scaling.forward(sample_into_box(data, affine, matrix, box,
+                                               cval=scaling.background))
+    fov = sample_into_box(np.ones(data.shape, np.float32), affine, matrix, box)
+    return PrivacyPair(name=name, original=original, brain=inputs[1], region=inputs[2],
+                       fov=np.clip(fov, 0, 1))
 
 
 def box_inputs(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray, mask: np.ndarray,
@@ -57,61 +67,3 @@ def box_inputs(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray, mask: n
     mask_box = sample_into_box(mask.astype(np.float32), affine, matrix, box)
     fov = sample_into_box(np.ones(data.shape, np.float32), affine, matrix, box)
     return defaced, np.clip(mask_box, 0, 1), np.clip(fov, 0, 1), scaling
-
-
-def make_pair(path: str | Path, box: FaceBox, *, seed: int = 0, brain_margin_mm: float = 5.0,
-              ) -> Pair:
-    """Register and deface one full head with the project's defacer; carry it into the box."""
-    img = load_image(path)
-    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
-    reg, distance = register_file(str(path), seed=seed)
-    mask, _ = face_mask(data.shape, img.affine, reg.matrix, load_template(),
-                        brain_margin_mm=brain_margin_mm, brain_distance=distance)
-    background = float(background_value(data))
-    defaced_native = np.where(mask, background, data)
-    defaced, mask_box, fov, scaling = box_inputs(defaced_native, img.affine, reg.matrix, mask,
-                                                 box)
-    original = scaling.forward(sample_into_box(data, img.affine, reg.matrix, box,
-                                               cval=background))
-    return Pair(name=Path(path).name, original=original, defaced=defaced, mask=mask_box,
-                fov=fov)
-
-
-def cached_pairs(paths: list[Path], box: FaceBox, cache_dir: Path, *, seed: int = 0,
-                 ) -> list[Pair]:
-    """Pairs for ``paths``, made once and kept in ``cache_dir`` (keyed by file and box)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for path in paths:
-        key = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-        box_key = hashlib.sha256(repr(box).encode()).hexdigest()[:8]
-        cached = cache_dir / f"{key}_{box_key}_s{seed}.npz"
-        if not cached.exists():
-            LOGGER.info("defacing and carrying %s into the face box", path)
-            pair = make_pair(path, box, seed=seed)
-            tmp = cached.with_suffix(".tmp.npz")
-            pair.save(tmp)
-            tmp.rename(cached)
-        pairs.append(Pair.load(cached))
-    return pairs
-
-
-def morph_field(fixed: np.ndarray, moving: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """Displacement (box voxels, shape (3, *box)) with ``fixed(x) ~ moving(x + u(x))``.
-
-    A SyN between two heads on the box grid; morphs between heads follow a fraction of it.
-    """
-    import ants
-
-    from ..deface.register import _seed_ants
-
-    _seed_ants(seed)
-    f = ants.from_numpy(np.ascontiguousarray(fixed, np.float32))
-    m = ants.from_numpy(np.ascontiguousarray(moving, np.float32))
-    out = ants.registration(fixed=f, moving=m, type_of_transform="SyNOnly",
-                            initial_transform="identity", syn_metric="CC", syn_sampling=2,
-                            reg_iterations=(40, 20, 0), verbose=False)
-    warp = ants.image_read(out["fwdtransforms"][0]).numpy()  # (*shape, 3), unit spacing
-    for name in out["fwdtransforms"] + out["invtransforms"]:
-        Path(name).unlink(missing_ok=True)
-    return np.moveaxis(warp, -1, 0).astype(np.float32)

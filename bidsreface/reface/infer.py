@@ -1,7 +1,11 @@
 """Refacing inference: the generator over the face box, back to native space inside the mask.
 
 Only voxels of the face mask ever change: everything else is the defaced input, bit for bit.
-Dropout stays on (seeded), so the same seed gives the same face and another seed another one.
+A privacy-transform model (:mod:`bidsreface.reface.privacy`) sees the brain, its mask and the
+region, and a latent code drawn from the seed; the first models (conditioned on the defaced
+head) keep their dropout on, seeded. Either way the same seed gives the same face and another
+seed another one. The image's own noise is then matched inside the region
+(:func:`match_noise`), so a face generated at 2 mm does not read as a blur in a 1 mm image.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import torch
 from scipy import ndimage
 
 from ..deface.register import otsu
+from ..deface.template import load_template
 from ..image import background_value, read_header, save_like, stored_values, to_stored
 from .data import box_inputs
+from .privacy import privacy_inputs, template_brain_native
 from .space import Scaling, sample_from_box
 from .weights import Model
 
@@ -83,25 +89,110 @@ def tiled_apply(net, x: torch.Tensor, window: tuple[int, ...], overlap: float = 
     return out / norm
 
 
-def generate(model: Model, defaced: np.ndarray, mask: np.ndarray, *, seed: int,
-             device: str = "cpu") -> np.ndarray:
-    """The generator's head on the box (scaled to [-1, 1]), dropout on and seeded."""
+def latent_code(model: Model, seed: int) -> torch.Tensor:
+    """The latent code of ``seed``: a standard normal draw of the model's latent length.
+
+    >>> from bidsreface.reface.weights import Model
+    >>> m = Model("m", "T1w", {"latent_dim": 3}, {}, None, (8, 8, 8), "", "", {}, "privacy")
+    >>> bool(torch.equal(latent_code(m, 5), latent_code(m, 5)))
+    True
+    """
+    dim = int(model.generator_args.get("latent_dim", 0))
+    return torch.randn((1, dim), generator=torch.Generator().manual_seed(int(seed)))
+
+
+def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu",
+             ) -> np.ndarray:
+    """The generator's head on the box (scaled to [-1, 1]) from its input channels.
+
+    A privacy model takes the latent code of ``seed``; a first model keeps its dropout on,
+    seeded (the anonymising noise it was made with).
+    """
     net = model.generator(device)
     net.eval()
-    for module in net.modules():
-        if isinstance(module, torch.nn.Dropout3d | torch.nn.Dropout):
-            module.train()  # the anonymising noise
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.stack([defaced, mask])[None]).float().to(device)
+    x = torch.from_numpy(np.asarray(inputs)[None]).float().to(device)
+    if model.conditioning == "privacy":
+        z = latent_code(model, seed).to(device)
+
+        def run(window):
+            return net(window, z)
+    else:
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout3d | torch.nn.Dropout):
+                module.train()
+        torch.manual_seed(seed)
+        run = net
     with torch.no_grad():
-        y = tiled_apply(net, x, model.window)
+        y = tiled_apply(run, x, model.window)
     return y[0, 0].cpu().numpy()
+
+
+def high_pass(data: np.ndarray, sigma_vox: float = 1.0) -> np.ndarray:
+    """The image minus its Gaussian blur: what noise and fine texture leave."""
+    data = np.asarray(data, dtype=np.float32)
+    return data - ndimage.gaussian_filter(data, sigma_vox)
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """1.4826 times the median absolute deviation (the std of normal values).
+
+    >>> round(robust_sigma(np.random.default_rng(0).normal(0, 2, 100_000)), 1)
+    2.0
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def tissue_near(mask: np.ndarray, tissue: np.ndarray, affine: np.ndarray,
+                distance_mm: float = 15.0) -> np.ndarray:
+    """Tissue voxels outside ``mask`` within ``distance_mm`` of it."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    near = ndimage.distance_transform_edt(~mask, sampling=zooms) <= distance_mm
+    return near & ~mask & tissue
+
+
+def match_noise(filled: np.ndarray, data: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
+                affine: np.ndarray, seed: int) -> np.ndarray:
+    """Add seeded white noise to the region's tissue so that its local noise (the robust
+    spread of :func:`high_pass`) equals that of the image's own tissue around the region.
+
+    ``filled`` is the image with the region already filled, ``tissue`` the filled head's
+    tissue (boolean). Returns the new values of the region's voxels (mask order).
+    """
+    idx = np.argwhere(mask)
+    lo, hi = np.maximum(idx.min(0) - 10, 0), np.minimum(idx.max(0) + 11, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub_mask, sub_tissue = mask[box], tissue[box]
+    values = filled[box][sub_mask].astype(np.float32)
+    around = tissue_near(sub_mask, sub_tissue, affine)
+    inside = sub_mask & sub_tissue
+    if not around.any() or not inside.any():
+        return values
+    target = robust_sigma(high_pass(np.where(sub_mask, filled[box], data[box]))[around])
+    have = robust_sigma(high_pass(filled[box])[inside])
+    noise = np.random.default_rng(seed).standard_normal(sub_mask.shape).astype(np.float32)
+    per_unit = robust_sigma(high_pass(noise)[inside])
+    if target <= have or per_unit <= 0:
+        return values
+    noise *= np.sqrt(target**2 - have**2) / per_unit
+    return np.where(sub_tissue[sub_mask], values + noise[sub_mask], values)
 
 
 #: Generated voxels below this share of the head/air level are air. Measured on the held-out
 #: head: at 1 (the defacer's own level) the dim soft tissue of the lower face is cut into
 #: holes; at 0.5 the face is whole.
 AIR_FRACTION = 0.5
+
+
+#: A privacy model's output below this (network units, -1 is the background) is air. On three
+#: validation heads the generator gave -0.96 (median; 90th percentile -0.81 to -0.86) where the
+#: original was air, and the original's tissue was above -0.53 (10th percentile); below -0.8
+#: lay 0.57-0.59 of the region against 0.55-0.62 of air in the originals. The image's own
+#: head/air level (:func:`air_level`) sits lower in these units, so the generator's dark air
+#: would otherwise pass as tissue.
+GENERATED_AIR = -0.8
 
 
 def air_level(data: np.ndarray, background: float) -> float:
@@ -135,14 +226,22 @@ def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background
 
 
 def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_file: str | Path,
-              note: str) -> tuple[Path, dict]:
+              note: str, *, noise_seed: int | None = None) -> tuple[Path, dict]:
     """Write ``defaced_file`` with its mask's voxels replaced by ``values_fn(data, affine,
-    mask, background)`` (scaled intensities, mask order), air cleaned."""
+    mask, background)`` (scaled intensities, mask order), air cleaned; with ``noise_seed``
+    the image's own noise is matched in the region (:func:`match_noise`)."""
     img = nb.load(defaced_file)
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
     background = float(background_value(data))
     values = clean_air(values_fn(data, img.affine, mask, background), data, mask, background)
+    if noise_seed is not None and mask.any():
+        filled = data.copy()
+        filled[mask] = values
+        tissue = filled > background + AIR_FRACTION * (air_level(data, background) - background)
+        values = np.where(values != background,
+                          match_noise(filled, data, mask, tissue, img.affine, noise_seed),
+                          values)
     stored = stored_values(defaced_file).copy()
     stored[mask] = to_stored(values, read_header(defaced_file))
     filled = int((values != background).sum())
@@ -155,14 +254,38 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
 
 def reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: np.ndarray,
                 model: Model, out_file: str | Path, *, seed: int = 0, device: str = "cpu",
+                brain_file: str | Path | None = None, match_image_noise: bool = True,
                 ) -> tuple[Path, dict]:
-    """Reface a defaced image with the cGAN; returns the written path and figures."""
+    """Reface a defaced image with the cGAN; returns the written path and figures.
+
+    A privacy model reads the brain of ``brain_file`` (the image's own brain mask), or
+    without one the template's brain carried by ``matrix``; the image's noise is matched in
+    the region unless ``match_image_noise`` is off (for measuring what it adds).
+    """
+    used = {}
 
     def values(data, affine, mask, background):
-        defaced, mask_box, _, scaling = box_inputs(data, affine, matrix, mask, model.box)
-        head = generate(model, defaced, mask_box, seed=seed, device=device)
+        if model.conditioning == "privacy":
+            if brain_file is not None:
+                brain = np.asarray(nb.load(brain_file).dataobj).reshape(data.shape) > 0
+                used["reface_brain"] = "own"
+            else:
+                brain = template_brain_native(data.shape, affine, matrix, load_template())
+                used["reface_brain"] = "template"
+            # the defacer keeps its mask clear of the brain; a brain mask made otherwise is
+            # cut back to the voxels the mask left
+            inputs, scaling = privacy_inputs(data, affine, matrix, mask, brain & ~mask,
+                                             model.box)
+        else:
+            defaced, mask_box, _, scaling = box_inputs(data, affine, matrix, mask, model.box)
+            inputs = np.stack([defaced, mask_box])
+        head = generate(model, inputs, seed=seed, device=device)
+        if model.conditioning == "privacy":
+            head = np.where(head < GENERATED_AIR, -1.0, head)
         return Scaling.inverse(scaling, sample_from_box(head, model.box, matrix, affine, mask))
 
-    path, info = fill_face(defaced_file, mask_file, values, out_file, "refaced (cGAN)")
+    path, info = fill_face(defaced_file, mask_file, values, out_file, "refaced (cGAN)",
+                           noise_seed=seed if model.conditioning == "privacy"
+                           and match_image_noise else None)
     return path, {"reface_method": "cgan", "model": model.name, "model_sha256": model.sha256,
-                  "seed": seed, **info}
+                  "conditioning": model.conditioning, "seed": seed, **used, **info}

@@ -1,19 +1,38 @@
-"""Train the refacing cGAN: ``bidsreface-train OUT_DIR INPUT [INPUT ...]``.
+"""Train the refacing generator: ``bidsreface-train OUT_DIR INPUT [INPUT ...]``.
 
-Inputs are full-head T1w images (NIfTI files) or BIDS datasets (every ``*_T1w.nii[.gz]``).
-Each is defaced by the project's own defacer and carried into the face box; the generator
-learns the original head from the defaced head and its mask. Loss: LSGAN + lambda * L1.5,
-both counted where the face was removed (the only voxels the output ever uses).
+Inputs are full-head T1w images (NIfTI files), BIDS datasets (every ``*_T1w.nii[.gz]``) or
+prepared lists (``.tsv`` with columns ``name``, ``image``, ``matrix``, ``mask``, ``brain``: an
+image with the registration matrix, deface mask and brain mask a bidsreface run made for it).
+A file or dataset is registered, brain-masked and defaced here by the project's own defacer
+(:mod:`bidsreface.reface.heads`).
 
-OUT_DIR receives ``pairs/`` (the cached training pairs), ``checkpoint.pt`` (resumable),
-``loss.tsv`` (one line per step) and, at the end, the model file.
+The generator never sees the face it fills: its input is the privacy transform
+(:mod:`bidsreface.reface.privacy`: the brain, the brain mask, the region) plus a latent code.
+The objective is a cVAE-GAN (Zhu et al. 2017, "Toward multimodal image-to-image translation"):
+
+- an encoder reads the real head inside the region and gives the code's mean and variance;
+  the generator, given the privacy transform and a code drawn from them, rebuilds the real
+  head inside the region (L1.5, counted on the region's voxels inside the field of view);
+- a KL term keeps the codes close to a standard normal, so that at inference a code drawn
+  from the seed (the encoder is not shipped) gives a face of the training distribution that
+  belongs to nobody in particular;
+- a 3D PatchGAN, conditioned on the privacy transform, judges heads completed with a face
+  made from a random code (LSGAN), which keeps random faces sharp and anatomical;
+- the encoder must read the random code back from the face made from it (latent regression,
+  BicycleGAN's cLR-GAN term): the generator cannot ignore the code, so different seeds give
+  different faces.
+
+The encoder and the generator see the same training window (the encoder averages over it).
+
+OUT_DIR receives ``pairs/`` (the cached training heads on the box), ``checkpoint.pt``
+(resumable), ``loss.tsv`` (one line per step) and, at the end, the model file.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -26,13 +45,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import AugmentSettings, sample_head
-from .data import cached_pairs, morph_field
-from .networks import Generator, PatchDiscriminator
+from .augment import AugmentSettings, augment_head
+from .data import PrivacyPair, privacy_pair
+from .networks import FaceEncoder, Generator, PatchDiscriminator
+from .privacy import CHANNELS
 from .space import FaceBox, face_box
 from .weights import save_model
 
 LOGGER = logging.getLogger("bidsreface.train")
+MANIFEST_COLUMNS = ("name", "image", "matrix", "mask", "brain")
 
 
 def seed_everything(seed: int) -> None:
@@ -42,25 +63,76 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def find_inputs(inputs: list[str]) -> list[Path]:
-    """NIfTI files as given, and every T1w of the BIDS datasets given."""
-    files: list[Path] = []
+def find_inputs(inputs: list[str]) -> list[dict]:
+    """One entry per head: ``{"name", "image"}`` and, from a prepared list, its ``matrix``,
+    ``mask`` and ``brain`` files."""
+    heads: list[dict] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.glob("sub-*/**/anat/*_T1w.nii*")
                            if "derivatives" not in p.relative_to(item).parts)
             if not found:
-                raise SystemExit(f"bidsreface-train: {item}: no *_T1w.nii[.gz] found")
-            files += found
+                raise ValueError(f"{item}: no *_T1w.nii[.gz] found")
+            heads += [{"name": p.name, "image": p} for p in found]
+        elif item.suffix == ".tsv" and item.is_file():
+            with open(item, newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+            if not rows or set(MANIFEST_COLUMNS) - set(rows[0]):
+                raise ValueError(f"{item}: a prepared list needs the columns "
+                                 f"{', '.join(MANIFEST_COLUMNS)}")
+            heads += [{k: (v if k == "name" else Path(v)) for k, v in row.items()
+                       if k in MANIFEST_COLUMNS} for row in rows]
         elif item.is_file():
-            files.append(item)
+            heads.append({"name": item.name, "image": item})
         else:
-            raise SystemExit(f"bidsreface-train: {item}: no such file or directory")
-    return files
+            raise FileNotFoundError(f"{item}: no such file or directory")
+    return heads
+
+
+def prepare_head(head: dict, box: FaceBox, work: Path, *, seed: int = 0) -> PrivacyPair:
+    """A head on the box: from its prepared files, or first defaced into ``work`` by the
+    project's defacer (:func:`bidsreface.reface.heads.deface_head`)."""
+    import nibabel as nb
+
+    from ..image import load_image
+    from .heads import deface_head, head_key
+
+    if "matrix" not in head:
+        done = deface_head(Path(head["image"]), work / head_key(head["image"]), seed=seed)
+        if "error" in done:
+            raise ValueError(f"{head['image']}: {done['error']}")
+        head = {**head, **done}
+    img = load_image(head["image"])
+    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
+    region = np.asarray(nb.load(head["mask"]).dataobj).reshape(data.shape) > 0
+    brain = np.asarray(nb.load(head["brain"]).dataobj).reshape(data.shape) > 0
+    return privacy_pair(head["name"], data, img.affine, np.loadtxt(head["matrix"]), region,
+                        brain, box)
+
+
+def cached_heads(heads: list[dict], box: FaceBox, cache_dir: Path, *, seed: int = 0,
+                 ) -> list[PrivacyPair]:
+    """The heads on the box, made once and kept in ``cache_dir`` (keyed by files and box)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    box_key = hashlib.sha256(repr(box).encode()).hexdigest()[:8]
+    pairs = []
+    for head in heads:
+        digest = hashlib.sha256()
+        for key in ("image", "matrix", "mask", "brain"):
+            if key in head:
+                digest.update(Path(head[key]).read_bytes())
+        cached = cache_dir / f"{digest.hexdigest()[:16]}_{box_key}_s{seed}.npz"
+        if not cached.exists():
+            LOGGER.info("carrying %s into the box", head["name"])
+            tmp = cached.with_suffix(".tmp.npz")
+            prepare_head(head, box, cache_dir / "heads", seed=seed).save(tmp)
+            tmp.rename(cached)
+        pairs.append(PrivacyPair.load(cached))
+    return pairs
 
 
 def crop_start(mask: torch.Tensor, window: tuple, gen: torch.Generator) -> tuple:
-    """A random window that holds part of the face: centred near a random mask voxel."""
+    """A random window that holds part of the region: centred near a random region voxel."""
     shape = mask.shape
     idx = torch.nonzero(mask > 0.5)
     if len(idx) == 0:
@@ -76,10 +148,24 @@ def l15(fake, real, weight):
     return (weight * (fake - real).abs().pow(1.5)).sum() / weight.sum().clamp(min=1.0)
 
 
+def generator_input(head: dict) -> torch.Tensor:
+    """The privacy transform of a (batched) head dict, channels as :data:`CHANNELS`."""
+    brain = (head["brain"] > 0.5).float()
+    return torch.cat([torch.where(brain > 0, head["original"], -torch.ones_like(brain)),
+                      brain, head["region"]], 1)
+
+
+def encoder_input(head: dict) -> torch.Tensor:
+    """What the encoder reads: the real head inside the region, and the region."""
+    region = head["region"]
+    return torch.cat([region * head["original"] - (1 - region), region], 1)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="bidsreface-train", description=__doc__.split("\n")[0])
     p.add_argument("out_dir", type=Path)
-    p.add_argument("inputs", nargs="+", help="T1w NIfTI files or BIDS dataset folders")
+    p.add_argument("inputs", nargs="+",
+                   help="T1w NIfTI files, BIDS dataset folders or prepared lists (.tsv)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="go on from OUT_DIR/checkpoint.pt")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -87,29 +173,26 @@ def parse_args(argv=None):
     p.add_argument("--resolution-mm", type=float, default=2.0)
     p.add_argument("--window", type=int, default=64, help="training window (voxels per axis)")
     p.add_argument("--lambda-l15", type=float, default=10.0, dest="lam")
+    p.add_argument("--lambda-kl", type=float, default=0.01, dest="lam_kl")
+    p.add_argument("--lambda-latent", type=float, default=0.5, dest="lam_latent")
+    p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--residual-blocks", type=int, default=3)
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--encoder-features", type=int, default=8)
     p.add_argument("--disc-features", type=int, default=16)
     p.add_argument("--disc-layers", type=int, default=3)
-    p.add_argument("--no-morph", action="store_true", help="skip morphs between heads")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--name", default="bidsreface-vox2vox-T1w")
+    p.add_argument("--name", default="bidsreface-privacy-cvaegan-T1w")
     p.add_argument("--model-file", default="reface_T1w.pt")
     return p.parse_args(argv)
 
 
-def _key(pairs, box: FaceBox) -> str:
-    text = repr(([p.name for p in pairs], box))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _to_tensors(pair, device):
-    return {k: torch.from_numpy(np.ascontiguousarray(getattr(pair, k))).float().to(device)
-            for k in ("original", "mask", "fov")}
+def _to_tensors(pair: PrivacyPair) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(getattr(pair, k))).float()
+            for k in ("original", "brain", "region", "fov")}
 
 
 def _truncate_log(log: Path, step: int) -> None:
@@ -127,6 +210,10 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+LOG_COLUMNS = ("step", "loss_g_adv", "loss_l15", "loss_kl", "loss_latent", "loss_d",
+               "seconds")
+
+
 def train(args) -> Path:
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -134,34 +221,25 @@ def train(args) -> Path:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     seed_everything(args.seed)
-    files = find_inputs(args.inputs)
+    heads = find_inputs(args.inputs)
     from ..deface.template import load_template
 
     box = face_box(load_template(), args.resolution_mm, multiple=2**args.depth)
     window = tuple(min(args.window, n) for n in box.shape)
-    pairs = cached_pairs(files, box, out / "pairs", seed=args.seed)
+    pairs = cached_heads(heads, box, out / "pairs", seed=args.seed)
     LOGGER.info("%d training heads, box %s at %.1f mm, window %s", len(pairs), box.shape,
                 box.spacing, window)
-    fields = {}
-    if not args.no_morph and len(pairs) > 1:
-        fields_file = out / "pairs" / f"morphs_{_key(pairs, box)}.npz"
-        if fields_file.exists():
-            with np.load(fields_file) as f:
-                fields = {tuple(map(int, k.split("_"))): torch.from_numpy(f[k]) for k in f}
-        else:
-            for a, b in itertools.permutations(range(len(pairs)), 2):
-                fields[(a, b)] = torch.from_numpy(
-                    morph_field(pairs[a].original, pairs[b].original, seed=args.seed))
-            np.savez_compressed(fields_file, **{f"{a}_{b}": u.numpy()
-                                                for (a, b), u in fields.items()})
-    tensors = [_to_tensors(p, "cpu") for p in pairs]
-    gen_args = {"in_channels": 2, "out_channels": 1, "features": args.features,
-                "depth": args.depth, "residual_blocks": args.residual_blocks,
-                "dropout": args.dropout}
+    tensors = [_to_tensors(p) for p in pairs]
+    gen_args = {"in_channels": len(CHANNELS), "out_channels": 1, "features": args.features,
+                "depth": args.depth, "residual_blocks": args.residual_blocks, "dropout": 0.0,
+                "latent_dim": args.latent_dim}
     netg = Generator(**gen_args).to(device)
-    netd = PatchDiscriminator(in_channels=3, features=args.disc_features,
+    nete = FaceEncoder(in_channels=2, features=args.encoder_features,
+                       latent_dim=args.latent_dim).to(device)
+    netd = PatchDiscriminator(in_channels=len(CHANNELS) + 1, features=args.disc_features,
                               layers=args.disc_layers).to(device)
-    opt_g = torch.optim.Adam(netg.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam([*netg.parameters(), *nete.parameters()], lr=args.lr,
+                             betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(netd.parameters(), lr=args.lr, betas=(0.5, 0.999))
     rng = torch.Generator().manual_seed(args.seed)
     settings = AugmentSettings()
@@ -171,6 +249,7 @@ def train(args) -> Path:
     if args.resume and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         netg.load_state_dict(state["generator"])
+        nete.load_state_dict(state["encoder"])
         netd.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -180,52 +259,71 @@ def train(args) -> Path:
         _truncate_log(log, step)
         LOGGER.info("resumed at step %d", step)
     elif not args.resume or not log.exists():
-        log.write_text("step\tloss_g_adv\tloss_l15\tloss_d\tseconds\n")
-    netg.train()
-    netd.train()
+        log.write_text("\t".join(LOG_COLUMNS) + "\n")
+    for net in (netg, nete, netd):
+        net.train()
     while step < args.steps:
         t0 = time.perf_counter()
-        head = sample_head(tensors, fields, settings, rng)
-        start = crop_start(head["mask"], window, rng)
-        crop = {k: v[tuple(slice(s, s + w) for s, w in zip(start, window, strict=True))]
-                [None, None].to(device) for k, v in head.items()}
-        condition = torch.cat([crop["defaced"], crop["mask"]], 1)
-        weight = crop["mask"] * crop["fov"]
-        raw = netg(condition)
-        fake = crop["mask"] * raw + (1 - crop["mask"]) * crop["original"]
-        # discriminator: real pairs against generated ones
+        head = augment_head(tensors[int(torch.randint(len(tensors), (1,), generator=rng))],
+                            settings, rng)
+        head = {k: v[None, None].to(device) for k, v in head.items()}
+        start = crop_start(head["region"][0, 0], window, rng)
+        cut = (slice(None), slice(None),
+               *(slice(s, s + w) for s, w in zip(start, window, strict=True)))
+        crop = {k: v[cut] for k, v in head.items()}
+        mean, logvar = nete(encoder_input(crop))
+        z_enc = mean + torch.randn(mean.shape, generator=rng).to(device) * (0.5 * logvar).exp()
+        z_rand = torch.randn(mean.shape, generator=rng).to(device)
+        condition = generator_input(crop)
+        region = crop["region"]
+        rebuilt = region * netg(condition, z_enc) + (1 - region) * crop["original"]
+        drawn = region * netg(condition, z_rand) + (1 - region) * crop["original"]
+        # discriminator: real heads against heads completed from a random code
         opt_d.zero_grad(set_to_none=True)
         d_real = netd(torch.cat([condition, crop["original"]], 1))
-        d_fake = netd(torch.cat([condition, fake.detach()], 1))
+        d_fake = netd(torch.cat([condition, drawn.detach()], 1))
         loss_d = 0.5 * ((d_real - 1).pow(2).mean() + d_fake.pow(2).mean())
         loss_d.backward()
         opt_d.step()
-        # generator: fool the discriminator and stay close to the real head
+        # generator and encoder
         opt_g.zero_grad(set_to_none=True)
-        loss_adv = (netd(torch.cat([condition, fake], 1)) - 1).pow(2).mean()
-        loss_rec = l15(fake, crop["original"], weight)
-        (loss_adv + args.lam * loss_rec).backward()
+        loss_adv = (netd(torch.cat([condition, drawn], 1)) - 1).pow(2).mean()
+        loss_rec = l15(rebuilt, crop["original"], region * crop["fov"])
+        loss_kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        # latent regression: the code must be readable back from the face it made (the
+        # generator alone answers for it), or the generator would learn to ignore it
+        for p in nete.parameters():
+            p.requires_grad_(False)
+        loss_latent = (nete(encoder_input({"original": drawn, "region": region}))[0]
+                       - z_rand).abs().mean()
+        for p in nete.parameters():
+            p.requires_grad_(True)
+        (loss_adv + args.lam * loss_rec + args.lam_kl * loss_kl
+         + args.lam_latent * loss_latent).backward()
         opt_g.step()
         step += 1
         with open(log, "a") as f:
             f.write(f"{step}\t{loss_adv.item():.5f}\t{loss_rec.item():.5f}\t"
-                    f"{loss_d.item():.5f}\t{time.perf_counter() - t0:.3f}\n")
+                    f"{loss_kl.item():.4f}\t{loss_latent.item():.4f}\t{loss_d.item():.5f}\t"
+                    f"{time.perf_counter() - t0:.3f}\n")
         if step % args.save_every == 0 or step == args.steps:
             _save_checkpoint(checkpoint, {
-                "generator": netg.state_dict(), "discriminator": netd.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
-                "rng": rng.get_state(), "torch_rng": torch.get_rng_state()})
-            LOGGER.info("step %d: adv %.3f l1.5 %.4f d %.3f", step, loss_adv.item(),
-                        loss_rec.item(), loss_d.item())
-    training = {"inputs": [p.name for p in files], "steps": step, "lambda_l15": args.lam,
-                "lr": args.lr, "seed": args.seed, "window": list(window),
+                "generator": netg.state_dict(), "encoder": nete.state_dict(),
+                "discriminator": netd.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "step": step, "rng": rng.get_state(),
+                "torch_rng": torch.get_rng_state()})
+            LOGGER.info("step %d: adv %.3f l1.5 %.4f kl %.2f d %.3f", step, loss_adv.item(),
+                        loss_rec.item(), loss_kl.item(), loss_d.item())
+    training = {"inputs": [p.name for p in pairs], "steps": step, "lambda_l15": args.lam,
+                "lambda_kl": args.lam_kl, "lambda_latent": args.lam_latent, "lr": args.lr,
+                "seed": args.seed, "window": list(window), "objective": "cvae-gan",
                 "augmentation": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in asdict(settings).items()},
-                "morphs": not args.no_morph,
+                "encoder": {"features": args.encoder_features},
                 "discriminator": {"features": args.disc_features, "layers": args.disc_layers}}
     model_file = out / args.model_file
     sha = save_model(model_file, netg, gen_args, box, window, name=args.name,
-                     training=training)
+                     conditioning="privacy", training=training)
     (out / "model.json").write_text(json.dumps({"file": model_file.name, "sha256": sha,
                                                 "box": box.to_dict(), **training}, indent=2))
     LOGGER.info("wrote %s (sha256 %s)", model_file, sha)
@@ -243,8 +341,6 @@ def main(argv=None) -> int:
         print(f"bidsreface-train: {err}", file=sys.stderr)
         return 1
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class Model:
     sha256: str
     path: str
     training: dict
+    #: what the generator sees: ``defaced`` (the defaced head and its mask, the first
+    #: models) or ``privacy`` (:mod:`bidsreface.reface.privacy`, with a latent code)
+    conditioning: str = "defaced"
 
     def generator(self, device: str | torch.device = "cpu") -> Generator:
         net = Generator(**self.generator_args)
@@ -45,12 +48,13 @@ class Model:
 
 def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
                window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
-               training: dict | None = None) -> str:
+               conditioning: str = "defaced", training: dict | None = None) -> str:
     """Write a model file (fp16 weights); returns its sha256."""
     content = {
         "format": FORMAT,
         "name": name,
         "contrast": contrast,
+        "conditioning": conditioning,
         "generator": dict(generator_args),
         "state_dict": {k: v.detach().to("cpu", torch.float16)
                        for k, v in generator.state_dict().items()},
@@ -79,7 +83,8 @@ def load_model(path: str | Path) -> Model:
     return Model(name=content["name"], contrast=content["contrast"],
                  generator_args=content["generator"], state=content["state_dict"],
                  box=FaceBox.from_dict(content["box"]), window=tuple(content["window"]),
-                 sha256=file_sha256(path), path=str(path), training=content["training"])
+                 sha256=file_sha256(path), path=str(path), training=content["training"],
+                 conditioning=content.get("conditioning", "defaced"))
 
 
 def packaged_model_path(contrast: str) -> Path | None:

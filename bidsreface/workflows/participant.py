@@ -253,6 +253,8 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                 (reface, qc, [("out_file", "refaced_file"),
                               ("metrics_file", "reface_metrics_file")]),
             ])  # fmt: skip
+            if brain is not None and method == "cgan":
+                workflow.connect([(brain, reface, [("mask_file", "brain_mask_file")])])
     for name in workflow.list_node_names():
         workflow.get_node(name).config = crash_config
     return workflow

@@ -1,0 +1,117 @@
+"""Does the refaced region look like a real head there? Figures against the originals.
+
+Usage::
+
+    python benchmarks/realism.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
+        [--without-noise] [--limit N]
+
+On the validation people of ``HEADS_DIR`` (see ``benchmarks/validation.py``), each image's
+defaced head is refaced by every model given (default: the packaged one, as ``packaged``) and
+by the template's face (``template``), seed 0, and compared with its original inside the
+deface mask (:mod:`bidsreface.qc.realism`): histogram distance (target <= 0.05), dark share
+ratio (0.7-1.3), gradient magnitude ratio (0.8-1.25) and noise ratio (0.8-1.25). Downstream:
+the brain mask network (deepbet, as bidsreface runs it) on the refaced image against its
+mask of the original (the one its defacing used): Dice (target median >= 0.99) and volume
+difference (median |difference| <= 1 %). One row per image and method, then the medians
+and the images within each target, for images finer than 1.5 mm and for the others apart.
+Nothing of a face is written outside a temporary folder (``--prepared`` keeps the defaced
+heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from validation import prepare, reface_all  # noqa: E402
+
+TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
+           "gradient_ratio": (0.8, 1.25), "noise_ratio": (0.8, 1.25),
+           "brain_dice": (0.99, 1.0), "brain_volume_pct": (-1.0, 1.0)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("heads_dir", type=Path)
+    parser.add_argument("--prepared", type=Path,
+                        help="keep (or reuse) the defaced validation heads here")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=FILE")
+    parser.add_argument("--no-template", action="store_true")
+    parser.add_argument("--without-noise", action="store_true",
+                        help="also each privacy model without the image's noise matched")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--nprocs", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    import nibabel as nb
+
+    from bidsreface.deface.brain import own_brain_mask
+    from bidsreface.qc.realism import realism_figures
+    from bidsreface.reface.weights import load_model, packaged_model_path
+
+    methods = dict(m.split("=", 1) for m in args.model) or {
+        "packaged": str(packaged_model_path("T1w"))}
+    noiseless = {f"{k}-nonoise": v for k, v in methods.items()
+                 if args.without_noise and load_model(v).conditioning == "privacy"}
+    if not args.no_template:
+        methods["template"] = "template"
+    methods.update(noiseless)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bidsreface-realism-") as tmp:
+        rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit)
+        ok = [r for r in rows if r["status"] == "ok"]
+        print(f"{len(ok)} validation images ({len(rows) - len(ok)} without outputs)")
+        for label, method in methods.items():
+            done = reface_all(ok, method, Path(tmp) / label, noise=label not in noiseless)
+            for row in ok:
+                original = nb.load(row["original"])
+                data = original.get_fdata(dtype=np.float32).reshape(original.shape[:3])
+                refaced = nb.load(done[row["name"]][0])
+                mask = np.asarray(nb.load(row["mask"]).dataobj).reshape(data.shape) > 0
+                figures = realism_figures(data, refaced.get_fdata(dtype=np.float32).reshape(
+                    data.shape), mask, original.affine)
+                zooms = original.header.get_zooms()[:3]
+                brain = np.asarray(nb.load(row["brain"]).dataobj).reshape(data.shape) > 0
+                again = own_brain_mask(refaced.get_fdata(dtype=np.float32).reshape(data.shape),
+                                       refaced.affine, nthreads=2)
+                figures["brain_dice"] = round(float(
+                    2 * (brain & again).sum() / (brain.sum() + again.sum())), 4)
+                figures["brain_volume_pct"] = round(float(
+                    100 * (again.sum() - brain.sum()) / brain.sum()), 3)
+                results.append({"image": row["rel"], "method": label,
+                                "voxel_mm": float(np.mean(zooms)), **figures})
+    print(f"{'image':<44}{'method':<12}{'mm':>5}{'hist':>8}{'dark o/r':>14}{'dark':>7}"
+          f"{'grad':>7}{'noise':>7}{'Dice':>8}{'vol %':>8}")
+    for r in results:
+        print(f"{r['image'][:43]:<44}{r['method']:<12}{r['voxel_mm']:>5.2f}"
+              f"{r['histogram_distance']:>8.3f}"
+              f"{r['dark_share_original']:>7.3f}/{r['dark_share_refaced']:<6.3f}"
+              f"{r['dark_ratio']:>7.2f}{r['gradient_ratio']:>7.2f}{r['noise_ratio']:>7.2f}"
+              f"{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
+    print("\nmedian [images within target / images]")
+    for group, test in (("finer than 1.5 mm", lambda r: r["voxel_mm"] < 1.5),
+                        ("1.5 mm and coarser", lambda r: r["voxel_mm"] >= 1.5)):
+        for label in methods:
+            chosen = [r for r in results if r["method"] == label and test(r)]
+            if not chosen:
+                continue
+            parts = []
+            for key, (lo, hi) in TARGETS.items():
+                values = np.array([r[key] for r in chosen], dtype=float)
+                within = int(np.sum((values >= lo) & (values <= hi)))
+                median = np.nanmedian(np.abs(values) if key == "brain_volume_pct" else values)
+                parts.append(f"{key.split('_')[0]}{'|vol|' if 'volume' in key else ''} "
+                             f"{median:.3f} [{within}/{len(values)}]")
+            print(f"  {group:<20}{label:<12}" + "  ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The validation people of a folder of heads, defaced by the project's own defacer.
+
+Shared by ``benchmarks/realism.py`` and ``benchmarks/privacy.py``. The people are split as the
+refacing model was trained (``scripts/build_model.py``: :func:`split_people`); none of the
+validation people reached training. Each validation head is registered, brain-masked and
+defaced as the participant workflow does it (:func:`bidsreface.reface.heads.deface_heads`),
+in ``--prepared DIR`` (kept, and reused by a later run) or in a temporary folder. Each image
+gives its original, defaced image, deface mask, registration matrix and own brain mask;
+:func:`reface_all` refaces them with a model file or the template's face.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from build_model import person_of, split_people  # noqa: E402
+
+
+def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
+            limit: int | None = None) -> list[dict]:
+    """One dict per validation image: ``name``, ``person``, ``rel`` (a key), ``original``,
+    ``defaced``, ``mask``, ``matrix`` (array), ``brain``, ``status`` (``ok`` or the reason it
+    failed)."""
+    import numpy as np
+
+    from bidsreface.reface.heads import deface_heads, head_key
+
+    _, validation = split_people(heads_dir)
+    validation = validation[:limit] if limit else validation
+    rows = deface_heads(validation, prepared or tmp / "prepared", nprocs=nprocs)
+    out = []
+    for path, row in zip(validation, rows, strict=True):
+        base = {"name": path.name, "person": person_of(path), "rel": head_key(path),
+                "original": path}
+        if "error" in row:
+            out.append({**base, "status": row["error"]})
+        else:
+            out.append({**base, "status": "ok", "defaced": row["defaced"], "mask": row["mask"],
+                        "matrix": np.loadtxt(row["matrix"]), "brain": row["brain"]})
+    return out
+
+
+def reface_all(rows: list[dict], method: str, out_dir: Path, seed: int = 0,
+               noise: bool = True) -> dict:
+    """Reface every ok image with ``method`` (a model file, or ``template``), the image's noise
+    matched unless ``noise`` is off; returns ``{name: (path, seconds)}``."""
+    import time
+
+    from bidsreface.reface.infer import reface_file
+    from bidsreface.reface.template_face import template_reface_file
+    from bidsreface.reface.weights import load_model
+
+    model = None if method == "template" else load_model(method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        target = out_dir / f"{Path(row['rel']).name.split('.')[0]}_seed{seed}.nii.gz"
+        start = time.perf_counter()
+        if model is None:
+            template_reface_file(row["defaced"], row["mask"], row["matrix"], target)
+        else:
+            reface_file(row["defaced"], row["mask"], row["matrix"], model, target, seed=seed,
+                        brain_file=row["brain"], match_image_noise=noise)
+        done[row["name"]] = (target, time.perf_counter() - start)
+    return done
