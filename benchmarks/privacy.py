@@ -30,28 +30,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from validation import prepare, reface_all  # noqa: E402
+from validation import add_arguments, prepare, reface_all  # noqa: E402
+from validation import methods as chosen_methods  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("heads_dir", type=Path)
-    parser.add_argument("--prepared", type=Path,
-                        help="keep (or reuse) the defaced validation heads here")
-    parser.add_argument("--model", action="append", default=[], metavar="LABEL=FILE")
-    parser.add_argument("--no-template", action="store_true")
+    add_arguments(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-people", type=int, default=12)
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--nprocs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     from bidsreface.qc.audit import AuditImage, face_of, run_audit
     from bidsreface.qc.faces import embedding_distance
-    from bidsreface.reface.weights import packaged_model_path
 
-    methods = dict(m.split("=", 1) for m in args.model) or {
-        "packaged": str(packaged_model_path("T1w"))}
+    methods = chosen_methods(args)
     if not args.no_template:
         methods["template"] = "template"
     with tempfile.TemporaryDirectory(prefix="bidsreface-privacy-") as tmp:

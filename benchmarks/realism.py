@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from validation import prepare, reface_all  # noqa: E402
+from validation import add_arguments, prepare, reface_all  # noqa: E402
+from validation import methods as chosen_methods  # noqa: E402
 
 TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
            "gradient_ratio": (0.8, 1.25), "noise_ratio": (0.8, 1.25),
@@ -39,25 +40,18 @@ TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("heads_dir", type=Path)
-    parser.add_argument("--prepared", type=Path,
-                        help="keep (or reuse) the defaced validation heads here")
-    parser.add_argument("--model", action="append", default=[], metavar="LABEL=FILE")
-    parser.add_argument("--no-template", action="store_true")
+    add_arguments(parser)
     parser.add_argument("--without-noise", action="store_true",
                         help="also each privacy model without the image's noise matched")
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--nprocs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import nibabel as nb
 
     from bidsreface.deface.brain import own_brain_mask
     from bidsreface.qc.realism import realism_figures
-    from bidsreface.reface.weights import load_model, packaged_model_path
+    from bidsreface.reface.weights import load_model
 
-    methods = dict(m.split("=", 1) for m in args.model) or {
-        "packaged": str(packaged_model_path("T1w"))}
+    methods = chosen_methods(args)
     noiseless = {f"{k}-nonoise": v for k, v in methods.items()
                  if args.without_noise and load_model(v).conditioning == "privacy"}
     if not args.no_template:

@@ -20,6 +20,26 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from build_model import person_of, split_people  # noqa: E402
 
 
+def add_arguments(parser) -> None:
+    """The options both benchmarks take: the heads, where the defaced ones are kept, the
+    models (``LABEL=FILE``), the template, a limit and the processes."""
+    parser.add_argument("heads_dir", type=Path)
+    parser.add_argument("--prepared", type=Path,
+                        help="keep (or reuse) the defaced validation heads here")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=FILE")
+    parser.add_argument("--no-template", action="store_true")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--nprocs", type=int, default=2)
+
+
+def methods(args) -> dict:
+    """``{label: model file}`` from ``--model`` (default: the packaged model, ``packaged``)."""
+    from bidsreface.reface.weights import packaged_model_path
+
+    return dict(m.split("=", 1) for m in args.model) or {
+        "packaged": str(packaged_model_path("T1w"))}
+
+
 def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
             limit: int | None = None) -> list[dict]:
     """One dict per validation image: ``name``, ``person``, ``rel`` (a key), ``original``,
