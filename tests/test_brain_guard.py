@@ -68,6 +68,51 @@ def test_brain_mask_is_a_brain(head):
     assert len(head["brain_info"]["brain_model"]["sha256"]) == 64
 
 
+@pytest.fixture()
+def unbounded_refinement(monkeypatch):
+    """The deformable refinement's guard free to move any distance from the affine one: a
+    refinement that failed beyond the bound (see the next test for the bound itself)."""
+    from bidsreface.deface import mask
+
+    monkeypatch.setattr(mask, "MAX_SYN_SHRINK_MM", 1e3)
+    monkeypatch.setattr(mask, "MAX_SYN_SHRINK_OWN_MM", 1e3)
+
+
+def test_refined_guard_moves_a_bounded_distance_from_the_affine_one(head):
+    """A refinement that puts the template brain 20 mm back moves the guard at most
+    ``MAX_SYN_SHRINK_MM`` from where the affine puts it, or ``MAX_SYN_SHRINK_OWN_MM`` with the
+    image's own brain guarding too; the own brain stays the margin away."""
+    from scipy import ndimage
+
+    from bidsreface.deface.mask import MAX_SYN_SHRINK_MM, MAX_SYN_SHRINK_OWN_MM, face_mask
+    from bidsreface.deface.template import load_template
+
+    brain, affine, reg = head["brain"], head["affine"], head["reg"]
+    template = load_template()
+    wrong = misplaced_template_brain(head)
+    vox = np.linalg.inv(template.affine) @ np.linalg.inv(reg.matrix) @ affine
+
+    def affine_distance(mask):
+        idx = np.argwhere(mask)
+        return ndimage.map_coordinates(template.brain_distance_mm(),
+                                       vox[:3, :3] @ idx.T + vox[:3, 3:4], order=1, cval=1e3)
+
+    alone, info = face_mask(brain.shape, affine, reg.matrix, template, brain_distance=wrong)
+    own, own_info = face_mask(brain.shape, affine, reg.matrix, template, brain_distance=wrong,
+                              own_brain=brain)
+    assert info["syn_shrink_mm"] == MAX_SYN_SHRINK_MM
+    assert own_info["syn_shrink_mm"] == MAX_SYN_SHRINK_OWN_MM
+    # the 20 mm move is cut to the bound: nothing closer to the affinely carried brain
+    # (less one voxel of the template, for interpolation)
+    assert affine_distance(alone).min() >= info["guard_mm_template"] - MAX_SYN_SHRINK_MM - 1.5
+    assert affine_distance(own).min() >= own_info["guard_mm_template"] \
+        - MAX_SYN_SHRINK_OWN_MM - 1.5
+    # and the larger bound is used: the mask reaches closer than the smaller bound allows
+    assert affine_distance(own).min() < info["guard_mm_template"] - MAX_SYN_SHRINK_MM
+    assert not (own & brain).any() and closest_mm(own, brain, affine) > MARGIN_MM
+
+
+@pytest.mark.usefixtures("unbounded_refinement")
 def test_own_brain_kept_when_the_template_brain_is_misplaced(head):
     """With the carried template brain moved back, its guard alone lets the mask into the
     brain; with the image's own brain in the guard, no voxel of it is defaced and the mask
@@ -88,6 +133,7 @@ def test_own_brain_kept_when_the_template_brain_is_misplaced(head):
     assert guarded.sum() > 0.8 * alone_mask.sum()  # the rest of the face still goes
 
 
+@pytest.mark.usefixtures("unbounded_refinement")
 def test_qc_fails_an_image_whose_own_brain_changed(head, tmp_path):
     """Defaced with the misplaced template brain alone: every other check passes (the mask
     agrees with the guard it was given, nothing changed outside it), and the QC fails the

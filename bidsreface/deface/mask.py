@@ -14,6 +14,17 @@ from .template import Template
 #: -0.5 mm left no brain voxel in the mask; 1.5 mm keeps 2 mm in hand.
 ANATOMY_ALLOWANCE_MM = 5.0
 SYN_ALLOWANCE_MM = 1.5
+#: The deformable refinement may move the template brain's guard at most this many template
+#: millimetres away from where the affine alone puts it (it may bring it closer freely, which
+#: only protects more): a bound on what a failed refinement could give away.
+MAX_SYN_SHRINK_MM = 5.0
+#: The same bound when the image's own brain guards too. Where a person's frontal lobe sits
+#: further back than the affinely carried template's, the nasion and the bridge of the nose
+#: lie inside the carried template brain. At 5 mm, 24 of the 152 heads of ``../shared/heads``
+#: kept 1-33 % of their eye, nose and lip region (IXI161: 28 %, its own brain 12-25 mm away
+#: there); at 10 mm 19 of them lose at least 99 %, and every mask stays 5.7 mm or more from
+#: its own brain (``benchmarks/cohort.py``'s reference region; larger bounds changed nothing).
+MAX_SYN_SHRINK_OWN_MM = 10.0
 
 
 def _bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
@@ -116,7 +127,9 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     are kept, plus ``ANATOMY_ALLOWANCE_MM``. ``brain_distance`` (values, affine) is the
     template brain's distance map already carried onto this image's grid through a deformable
     refinement (:func:`~bidsreface.deface.register.brain_distance_map`); with it the smaller
-    ``SYN_ALLOWANCE_MM`` applies. ``own_brain`` (boolean, on the native grid) is the image's
+    ``SYN_ALLOWANCE_MM`` applies, and the refined guard lies at most ``MAX_SYN_SHRINK_MM``
+    (``MAX_SYN_SHRINK_OWN_MM`` with ``own_brain``) further from the brain than the affine
+    alone would put it. ``own_brain`` (boolean, on the native grid) is the image's
     own brain (:mod:`bidsreface.deface.brain`): every voxel within ``brain_margin_mm`` native
     millimetres of it is kept too, so the guard is the union of both brains, each grown by
     the margin.
@@ -145,6 +158,14 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     vox = np.linalg.inv(values_affine) @ np.linalg.inv(to_native) @ affine
     coords = vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4]
     distance = ndimage.map_coordinates(values, coords, order=1, mode="constant", cval=0.0)
+    shrink = None
+    if brain_distance is not None:
+        shrink = MAX_SYN_SHRINK_MM if own_brain is None else MAX_SYN_SHRINK_OWN_MM
+        vox = np.linalg.inv(template.affine) @ np.linalg.inv(matrix) @ affine
+        affine_distance = ndimage.map_coordinates(
+            template.brain_distance_mm(), vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4],
+            order=1, mode="constant", cval=1e3)
+        distance = np.minimum(distance, affine_distance + shrink)
     # linear interpolation of a distance map can overestimate by up to one voxel of the map
     guard = np.zeros_like(face)
     guard[tuple(inside.T)] = distance < guard_mm + float(
@@ -169,5 +190,6 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
         "brain_margin_mm": brain_margin_mm,
         "guard_mm_template": round(guard_mm, 3),
         "guard_source": "affine" if brain_distance is None else "affine+syn",
+        "syn_shrink_mm": shrink,
     }
 

@@ -27,10 +27,6 @@ DISTANCE_MAP_MM = 1.0
 #: Template millimetres of context around the face (and ears) region in which the deformable
 #: refinement of the brain guard is computed; the rest of the head is left out, for speed.
 SYN_CONTEXT_MM = 30.0
-#: The deformable refinement may shrink the brain guard by at most this many template
-#: millimetres from where the affine alone puts it; it may grow it freely, which only
-#: protects more.
-MAX_SYN_SHRINK_MM = 5.0
 #: Starting rotations (degrees about the left-right axis, then about the vertical axis).
 STARTS_DEG = ((0.0, 0.0), (-20.0, 0.0), (20.0, 0.0), (0.0, 20.0), (0.0, -20.0))
 #: Quality thresholds: a registration failing one of them is refused.
@@ -367,7 +363,9 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
     The template brain's distance map is carried through the affine *and* a SyN refinement
     (local correlation, radius one voxel, at ``REGISTRATION_MM``) computed on the template
     around the face (and ears) region, so the brain guard follows this head's brain shape
-    there rather than the template's. Returns the map and its affine.
+    there rather than the template's. Returns the map and its affine. How far the refined
+    guard may lie from the affine one is bounded where the mask is made
+    (:func:`~bidsreface.deface.mask.face_mask`).
     """
     ants = _seed_ants(seed)
     fixed, fixed_aff = downsample(template.t1w, template.affine)
@@ -388,11 +386,9 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
             to_ants(np.zeros(out_shape, np.float32), out_aff),
             to_ants(template.brain_distance_mm(), template.affine),
             syn["invtransforms"], interpolator="linear", defaultvalue=1e3)
-        values = distance.numpy().astype(np.float32)
-    affine_only = _resample(template.brain_distance_mm(), template.affine,
-                            np.linalg.inv(registration.matrix), out_shape, out_aff, cval=1e3)
-    values = np.minimum(values, affine_only + MAX_SYN_SHRINK_MM)
-    return values, out_aff
+    # how far the guard may move from where the affine puts it is decided where the mask is
+    # made (:data:`~bidsreface.deface.mask.MAX_SYN_SHRINK_MM`), knowing the other guards
+    return distance.numpy().astype(np.float32), out_aff
 
 
 def carry_distance_map(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,

@@ -105,12 +105,16 @@ def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu"
              ) -> np.ndarray:
     """The generator's head on the box (scaled to [-1, 1]) from its input channels.
 
-    A privacy model takes the latent code of ``seed``; a first model keeps its dropout on,
+    A privacy model takes the latent code of ``seed`` (and its prior head, when it has one,
+    as the last channel); a first model keeps its dropout on,
     seeded (the anonymising noise it was made with).
     """
     net = model.generator(device)
     net.eval()
-    x = torch.from_numpy(np.asarray(inputs)[None]).float().to(device)
+    x = torch.from_numpy(np.asarray(inputs)[None]).float()
+    if model.prior is not None:
+        x = torch.cat([x, model.prior[None, None]], 1)
+    x = x.to(device)
     if model.conditioning == "privacy":
         z = latent_code(model, seed).to(device)
 

@@ -24,6 +24,11 @@ The objective is a cVAE-GAN (Zhu et al. 2017, "Toward multimodal image-to-image 
 
 The encoder and the generator see the same training window (the encoder averages over it).
 
+With ``--prior`` (the default) the generator also takes the mean of the training heads on the
+box as a fourth channel and learns departures from it (``Generator(prior_channel=...)``):
+the mean of many people is a face, but nobody's face, and a network that starts from it does
+not have to learn from a few thousand steps where the eyes, the nose and the lips sit.
+
 OUT_DIR receives ``pairs/`` (the cached training heads on the box), ``checkpoint.pt``
 (resumable), ``loss.tsv`` (one line per step) and, at the end, the model file.
 """
@@ -149,10 +154,32 @@ def l15(fake, real, weight):
 
 
 def generator_input(head: dict) -> torch.Tensor:
-    """The privacy transform of a (batched) head dict, channels as :data:`CHANNELS`."""
+    """The privacy transform of a (batched) head dict, channels as :data:`CHANNELS`, then
+    the prior head when the dict has one."""
     brain = (head["brain"] > 0.5).float()
-    return torch.cat([torch.where(brain > 0, head["original"], -torch.ones_like(brain)),
-                      brain, head["region"]], 1)
+    channels = [torch.where(brain > 0, head["original"], -torch.ones_like(brain)), brain,
+                head["region"]]
+    if "prior" in head:
+        channels.append(head["prior"])
+    return torch.cat(channels, 1)
+
+
+def mean_head(pairs: list[PrivacyPair]) -> np.ndarray:
+    """The mean of the training heads on the box, each counted inside its field of view;
+    background (-1) where none reaches.
+
+    >>> a = PrivacyPair("a", np.full((2, 2, 2), 0.5, np.float32), *[np.ones((2, 2, 2))] * 3)
+    >>> b = PrivacyPair("b", np.full((2, 2, 2), -0.5, np.float32), *[np.ones((2, 2, 2))] * 2,
+    ...                 np.zeros((2, 2, 2)))
+    >>> float(mean_head([a, b]).max())
+    0.5
+    """
+    total = np.zeros(pairs[0].original.shape, np.float64)
+    weight = np.zeros_like(total)
+    for pair in pairs:
+        total += pair.fov * pair.original
+        weight += pair.fov
+    return np.where(weight > 0, total / np.maximum(weight, 1e-6), -1.0).astype(np.float32)
 
 
 def encoder_input(head: dict) -> torch.Tensor:
@@ -180,6 +207,9 @@ def parse_args(argv=None):
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--residual-blocks", type=int, default=3)
+    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="learn departures from the mean training head (default: on)")
+    p.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
     p.add_argument("--encoder-features", type=int, default=8)
     p.add_argument("--disc-features", type=int, default=16)
     p.add_argument("--disc-layers", type=int, default=3)
@@ -214,6 +244,25 @@ LOG_COLUMNS = ("step", "loss_g_adv", "loss_l15", "loss_kl", "loss_latent", "loss
                "seconds")
 
 
+def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, settings,
+                 step: int) -> tuple[Path, str]:
+    """The model file of the generator as it is at ``step``, and its summary."""
+    training = {"inputs": [p.name for p in pairs], "steps": step, "lambda_l15": args.lam,
+                "lambda_kl": args.lam_kl, "lambda_latent": args.lam_latent, "lr": args.lr,
+                "seed": args.seed, "window": list(window), "objective": "cvae-gan",
+                "prior": "mean of the training heads" if prior is not None else None,
+                "augmentation": {k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in asdict(settings).items()},
+                "encoder": {"features": args.encoder_features},
+                "discriminator": {"features": args.disc_features, "layers": args.disc_layers}}
+    model_file = out / args.model_file
+    sha = save_model(model_file, netg, gen_args, box, window, name=args.name,
+                     conditioning="privacy", training=training, prior=prior)
+    (out / "model.json").write_text(json.dumps({"file": model_file.name, "sha256": sha,
+                                                "box": box.to_dict(), **training}, indent=2))
+    return model_file, sha
+
+
 def train(args) -> Path:
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -230,13 +279,16 @@ def train(args) -> Path:
     LOGGER.info("%d training heads, box %s at %.1f mm, window %s", len(pairs), box.shape,
                 box.spacing, window)
     tensors = [_to_tensors(p) for p in pairs]
-    gen_args = {"in_channels": len(CHANNELS), "out_channels": 1, "features": args.features,
+    prior = torch.from_numpy(mean_head(pairs)) if args.prior else None
+    in_channels = len(CHANNELS) + (prior is not None)
+    gen_args = {"in_channels": in_channels, "out_channels": 1, "features": args.features,
                 "depth": args.depth, "residual_blocks": args.residual_blocks, "dropout": 0.0,
-                "latent_dim": args.latent_dim}
+                "latent_dim": args.latent_dim, "upsample": args.upsample,
+                "prior_channel": len(CHANNELS) if prior is not None else -1}
     netg = Generator(**gen_args).to(device)
     nete = FaceEncoder(in_channels=2, features=args.encoder_features,
                        latent_dim=args.latent_dim).to(device)
-    netd = PatchDiscriminator(in_channels=len(CHANNELS) + 1, features=args.disc_features,
+    netd = PatchDiscriminator(in_channels=in_channels + 1, features=args.disc_features,
                               layers=args.disc_layers).to(device)
     opt_g = torch.optim.Adam([*netg.parameters(), *nete.parameters()], lr=args.lr,
                              betas=(0.5, 0.999))
@@ -266,6 +318,8 @@ def train(args) -> Path:
         t0 = time.perf_counter()
         head = augment_head(tensors[int(torch.randint(len(tensors), (1,), generator=rng))],
                             settings, rng)
+        if prior is not None:
+            head["prior"] = prior
         head = {k: v[None, None].to(device) for k, v in head.items()}
         start = crop_start(head["region"][0, 0], window, rng)
         cut = (slice(None), slice(None),
@@ -312,20 +366,12 @@ def train(args) -> Path:
                 "discriminator": netd.state_dict(), "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "step": step, "rng": rng.get_state(),
                 "torch_rng": torch.get_rng_state()})
+            # a stopped run leaves a usable model of its last checkpoint
+            _write_model(out, args, netg, gen_args, box, window, pairs, prior, settings, step)
             LOGGER.info("step %d: adv %.3f l1.5 %.4f kl %.2f d %.3f", step, loss_adv.item(),
                         loss_rec.item(), loss_kl.item(), loss_d.item())
-    training = {"inputs": [p.name for p in pairs], "steps": step, "lambda_l15": args.lam,
-                "lambda_kl": args.lam_kl, "lambda_latent": args.lam_latent, "lr": args.lr,
-                "seed": args.seed, "window": list(window), "objective": "cvae-gan",
-                "augmentation": {k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in asdict(settings).items()},
-                "encoder": {"features": args.encoder_features},
-                "discriminator": {"features": args.disc_features, "layers": args.disc_layers}}
-    model_file = out / args.model_file
-    sha = save_model(model_file, netg, gen_args, box, window, name=args.name,
-                     conditioning="privacy", training=training)
-    (out / "model.json").write_text(json.dumps({"file": model_file.name, "sha256": sha,
-                                                "box": box.to_dict(), **training}, indent=2))
+    model_file, sha = _write_model(out, args, netg, gen_args, box, window, pairs, prior,
+                                   settings, step)
     LOGGER.info("wrote %s (sha256 %s)", model_file, sha)
     return model_file
 

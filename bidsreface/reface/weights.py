@@ -39,6 +39,9 @@ class Model:
     #: what the generator sees: ``defaced`` (the defaced head and its mask, the first
     #: models) or ``privacy`` (:mod:`bidsreface.reface.privacy`, with a latent code)
     conditioning: str = "defaced"
+    #: the prior head on the box (network units) that a generator with a ``prior_channel``
+    #: takes as its last input channel: the mean of the training heads
+    prior: torch.Tensor | None = None
 
     def generator(self, device: str | torch.device = "cpu") -> Generator:
         net = Generator(**self.generator_args)
@@ -48,8 +51,9 @@ class Model:
 
 def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
                window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
-               conditioning: str = "defaced", training: dict | None = None) -> str:
-    """Write a model file (fp16 weights); returns its sha256."""
+               conditioning: str = "defaced", training: dict | None = None,
+               prior: torch.Tensor | None = None) -> str:
+    """Write a model file (fp16 weights and prior); returns its sha256."""
     content = {
         "format": FORMAT,
         "name": name,
@@ -64,6 +68,8 @@ def save_model(path: str | Path, generator: Generator, generator_args: dict, box
                           "background": -1.0},
         "training": training or {},
     }
+    if prior is not None:
+        content["prior"] = torch.as_tensor(prior).detach().to("cpu", torch.float16)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(content, tmp)
@@ -84,7 +90,8 @@ def load_model(path: str | Path) -> Model:
                  generator_args=content["generator"], state=content["state_dict"],
                  box=FaceBox.from_dict(content["box"]), window=tuple(content["window"]),
                  sha256=file_sha256(path), path=str(path), training=content["training"],
-                 conditioning=content.get("conditioning", "defaced"))
+                 conditioning=content.get("conditioning", "defaced"),
+                 prior=(content["prior"].float() if "prior" in content else None))
 
 
 def packaged_model_path(contrast: str) -> Path | None:
