@@ -156,11 +156,19 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, defaced_head):
     assert model.box.spacing == 6.0 and model.training["steps"] == 3
     assert model.conditioning == "privacy" and model.generator_args["latent_dim"] == 4
     assert model.training["inputs"] == ["head.nii.gz", "prepared"]
+    # the mean of its two training heads on the box, for the truncation at inference
+    from bidsreface.reface.data import PrivacyPair
+    from bidsreface.reface.train import mean_head
+
+    pairs = [PrivacyPair.load(p) for p in sorted((out / "pairs").glob("*.npz"))]
+    assert len(pairs) == 2 and model.truncation == 0.4
+    assert np.allclose(model.prior.numpy(), mean_head(pairs), atol=1e-3)
     assert train_main([*args, "--steps", "5", "--resume"]) == 0
     rows = (out / "loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
     assert json.loads((out / "model.json").read_text())["steps"] == 5
     assert train_main([str(out), str(tmp_path / "missing.nii.gz")]) == 1
+    assert train_main([*args, "--steps", "5", "--resume", "--truncation", "2"]) == 1
 
 
 def test_packaged_model_is_installed():
@@ -198,6 +206,30 @@ def test_generator_is_seeded(defaced_head):
     assert np.array_equal(a, b)
     assert not torch.equal(latent_code(model, 3), latent_code(model, 4))
     assert np.abs(a - c)[inside].mean() > 1e-3  # another code, another face
+
+
+def test_truncation_draws_the_head_towards_the_mean_training_head(defaced_head):
+    """The packaged model keeps 0.4 of its head's departure from the mean of its training
+    heads: truncation 0 gives the mean head itself, 1 the generator's head, and the packaged
+    value lies between them in that proportion, voxel for voxel."""
+    import dataclasses
+
+    from bidsreface.reface.privacy import privacy_inputs
+
+    model = load_packaged_model("T1w")
+    assert model.prior is not None and model.prior.shape == model.box.shape
+    assert model.truncation == 0.4 and model.training["truncation"] == 0.4
+    img = nb.load(defaced_head["defaced"])
+    data = img.get_fdata(dtype=np.float32).reshape(img.shape[:3])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj) > 0
+    inputs, _ = privacy_inputs(data, img.affine, defaced_head["matrix"], mask,
+                               defaced_head["brain"], model.box)
+    mean = generate(dataclasses.replace(model, truncation=0.0), inputs, seed=3)
+    full = generate(dataclasses.replace(model, truncation=1.0), inputs, seed=3)
+    packaged = generate(model, inputs, seed=3)
+    assert np.allclose(mean, model.prior.numpy())
+    assert np.abs(full - mean).mean() > 0.01  # the generator moves away from the mean
+    assert np.allclose(packaged, 0.6 * mean + 0.4 * full, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["cgan", "template"])

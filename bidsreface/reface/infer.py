@@ -105,16 +105,13 @@ def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu"
              ) -> np.ndarray:
     """The generator's head on the box (scaled to [-1, 1]) from its input channels.
 
-    A privacy model takes the latent code of ``seed`` (and its prior head, when it has one,
-    as the last channel); a first model keeps its dropout on,
+    A privacy model takes the latent code of ``seed``, and its head is drawn towards the mean
+    training head by the model's truncation; a first model keeps its dropout on,
     seeded (the anonymising noise it was made with).
     """
     net = model.generator(device)
     net.eval()
-    x = torch.from_numpy(np.asarray(inputs)[None]).float()
-    if model.prior is not None:
-        x = torch.cat([x, model.prior[None, None]], 1)
-    x = x.to(device)
+    x = torch.from_numpy(np.asarray(inputs)[None]).float().to(device)
     if model.conditioning == "privacy":
         z = latent_code(model, seed).to(device)
 
@@ -127,8 +124,11 @@ def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu"
         torch.manual_seed(seed)
         run = net
     with torch.no_grad():
-        y = tiled_apply(run, x, model.window)
-    return y[0, 0].cpu().numpy()
+        y = tiled_apply(run, x, model.window)[0, 0].cpu().numpy()
+    if model.prior is not None:
+        prior = model.prior.numpy()
+        y = prior + model.truncation * (y - prior)
+    return y
 
 
 def high_pass(data: np.ndarray, sigma_vox: float = 1.0) -> np.ndarray:

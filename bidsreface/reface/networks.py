@@ -24,11 +24,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown normalisation {kind!r} (instance, batch or none)")
 
 
-#: A prior head is kept inside (-1, 1) by this much before ``atanh``: its background (-1) then
-#: stays background unless the network moves it by more than 3.8.
-PRIOR_LIMIT = 0.999
-
-
 class ResidualBlock(nn.Module):
     """Two 3x3x3 convolutions with a skip connection and dropout between them."""
 
@@ -69,14 +64,6 @@ class Generator(nn.Module):
     latent_dim
         Length of the latent code (0: none). It scales and shifts every channel of the
         bottleneck's input and of each up-sampling stage after its normalisation (FiLM).
-    prior_channel
-        An input channel holding a prior head in network units (-1: none). The output is then
-        that head moved by the network: ``tanh(atanh(prior) + out)``, so that an untrained
-        network already gives the prior and training learns departures from it.
-    upsample
-        ``transpose`` (stride-2 transposed convolutions, the first models) or ``resize``
-        (trilinear doubling, then a 3x3x3 convolution: no checkerboard pattern, Odena et
-        al. 2016).
 
     >>> g = Generator(features=4, depth=2, residual_blocks=1)
     >>> g(torch.zeros(1, 2, 8, 8, 8)).shape
@@ -84,32 +71,19 @@ class Generator(nn.Module):
     >>> g = Generator(in_channels=3, features=4, depth=2, residual_blocks=1, latent_dim=5)
     >>> g(torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 5)).shape
     torch.Size([1, 1, 8, 8, 8])
-    >>> g = Generator(in_channels=2, features=4, depth=2, residual_blocks=1, prior_channel=1,
-    ...               upsample="resize")
-    >>> nn.init.zeros_(g.head[0].weight); nn.init.zeros_(g.head[0].bias)  # doctest: +ELLIPSIS
-    Parameter...
-    >>> x = torch.full((1, 2, 8, 8, 8), 0.5)
-    >>> bool(torch.allclose(g(x), x[:, 1:]))
-    True
     """
 
     def __init__(self, in_channels: int = 2, out_channels: int = 1, features: int = 16,
                  depth: int = 3, residual_blocks: int = 3, dropout: float = 0.2,
-                 max_features: int = 256, norm: str = "instance", latent_dim: int = 0,
-                 prior_channel: int = -1, upsample: str = "transpose"):
+                 max_features: int = 256, norm: str = "instance", latent_dim: int = 0):
         super().__init__()
         if depth < 1 or residual_blocks < 0 or features < 1 or latent_dim < 0:
             raise ValueError("depth >= 1, residual_blocks >= 0, features >= 1 and "
                              "latent_dim >= 0 are required")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if upsample not in ("transpose", "resize"):
-            raise ValueError(f"unknown upsampling {upsample!r} (transpose or resize)")
-        if not -1 <= prior_channel < in_channels:
-            raise ValueError(f"prior_channel {prior_channel} is not an input channel")
         self.depth = depth
         self.latent_dim = latent_dim
-        self.prior_channel = prior_channel
         widths = [min(features * 2**level, max_features) for level in range(depth + 1)]
         self.stem = nn.Sequential(
             nn.Conv3d(in_channels, widths[0], 3, padding=1), _norm(norm, widths[0]),
@@ -128,12 +102,9 @@ class Generator(nn.Module):
             *(ResidualBlock(widths[-1], dropout, norm) for _ in range(residual_blocks)))
         self.up = nn.ModuleList()
         for i in reversed(range(depth)):
-            width_in = widths[i + 1] * (1 if i == depth - 1 else 2)
-            grow = (nn.ConvTranspose3d(width_in, widths[i], 4, stride=2, padding=1)
-                    if upsample == "transpose" else
-                    nn.Sequential(nn.Upsample(scale_factor=2, mode="trilinear"),
-                                  nn.Conv3d(width_in, widths[i], 3, padding=1)))
-            stage = [grow, _norm(norm, widths[i]), nn.ReLU(inplace=True)]
+            stage = [nn.ConvTranspose3d(widths[i + 1] * (1 if i == depth - 1 else 2), widths[i],
+                                        4, stride=2, padding=1),
+                     _norm(norm, widths[i]), nn.ReLU(inplace=True)]
             if i >= depth - 2:
                 stage.append(nn.Dropout3d(dropout))
             self.up.append(nn.Sequential(*stage))
@@ -155,10 +126,7 @@ class Generator(nn.Module):
             for layer in up[2:]:
                 y = layer(y)
             y = torch.cat([y, skips.pop()], dim=1)
-        if self.prior_channel < 0:
-            return self.head(y)
-        prior = x[:, self.prior_channel:self.prior_channel + 1].clamp(-PRIOR_LIMIT, PRIOR_LIMIT)
-        return torch.tanh(torch.atanh(prior) + self.head[0](y))
+        return self.head(y)
 
     def _modulate(self, y, z, index: int):
         if self.latent is None:

@@ -24,10 +24,11 @@ The objective is a cVAE-GAN (Zhu et al. 2017, "Toward multimodal image-to-image 
 
 The encoder and the generator see the same training window (the encoder averages over it).
 
-With ``--prior`` (the default) the generator also takes the mean of the training heads on the
-box as a fourth channel and learns departures from it (``Generator(prior_channel=...)``):
-the mean of many people is a face, but nobody's face, and a network that starts from it does
-not have to learn from a few thousand steps where the eyes, the nose and the lips sit.
+The model file also holds the mean of the training heads on the box and a truncation
+(``--truncation``, 0.4 by default): at inference the generated head is drawn that far from
+the mean head towards the generator's (:func:`bidsreface.reface.infer.generate`), the
+truncation trick of GANs, which trades some of the seeds' diversity for faces that look like
+faces. The mean of 108 people is a face, but nobody's.
 
 OUT_DIR receives ``pairs/`` (the cached training heads on the box), ``checkpoint.pt``
 (resumable), ``loss.tsv`` (one line per step) and, at the end, the model file.
@@ -154,14 +155,10 @@ def l15(fake, real, weight):
 
 
 def generator_input(head: dict) -> torch.Tensor:
-    """The privacy transform of a (batched) head dict, channels as :data:`CHANNELS`, then
-    the prior head when the dict has one."""
+    """The privacy transform of a (batched) head dict, channels as :data:`CHANNELS`."""
     brain = (head["brain"] > 0.5).float()
-    channels = [torch.where(brain > 0, head["original"], -torch.ones_like(brain)), brain,
-                head["region"]]
-    if "prior" in head:
-        channels.append(head["prior"])
-    return torch.cat(channels, 1)
+    return torch.cat([torch.where(brain > 0, head["original"], -torch.ones_like(brain)),
+                      brain, head["region"]], 1)
 
 
 def mean_head(pairs: list[PrivacyPair]) -> np.ndarray:
@@ -207,9 +204,9 @@ def parse_args(argv=None):
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--residual-blocks", type=int, default=3)
-    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=True,
-                   help="learn departures from the mean training head (default: on)")
-    p.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
+    p.add_argument("--truncation", type=float, default=0.4,
+                   help="share of the generated head's departure from the mean training head "
+                        "kept at inference (1: the generator's head as it is)")
     p.add_argument("--encoder-features", type=int, default=8)
     p.add_argument("--disc-features", type=int, default=16)
     p.add_argument("--disc-layers", type=int, default=3)
@@ -250,14 +247,15 @@ def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, set
     training = {"inputs": [p.name for p in pairs], "steps": step, "lambda_l15": args.lam,
                 "lambda_kl": args.lam_kl, "lambda_latent": args.lam_latent, "lr": args.lr,
                 "seed": args.seed, "window": list(window), "objective": "cvae-gan",
-                "prior": "mean of the training heads" if prior is not None else None,
+                "prior": "mean of the training heads", "truncation": args.truncation,
                 "augmentation": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in asdict(settings).items()},
                 "encoder": {"features": args.encoder_features},
                 "discriminator": {"features": args.disc_features, "layers": args.disc_layers}}
     model_file = out / args.model_file
     sha = save_model(model_file, netg, gen_args, box, window, name=args.name,
-                     conditioning="privacy", training=training, prior=prior)
+                     conditioning="privacy", training=training, prior=prior,
+                     truncation=args.truncation)
     (out / "model.json").write_text(json.dumps({"file": model_file.name, "sha256": sha,
                                                 "box": box.to_dict(), **training}, indent=2))
     return model_file, sha
@@ -278,17 +276,17 @@ def train(args) -> Path:
     pairs = cached_heads(heads, box, out / "pairs", seed=args.seed)
     LOGGER.info("%d training heads, box %s at %.1f mm, window %s", len(pairs), box.shape,
                 box.spacing, window)
+    if not 0.0 <= args.truncation <= 1.0:
+        raise ValueError(f"--truncation must be in [0, 1], got {args.truncation}")
     tensors = [_to_tensors(p) for p in pairs]
-    prior = torch.from_numpy(mean_head(pairs)) if args.prior else None
-    in_channels = len(CHANNELS) + (prior is not None)
-    gen_args = {"in_channels": in_channels, "out_channels": 1, "features": args.features,
+    prior = torch.from_numpy(mean_head(pairs))
+    gen_args = {"in_channels": len(CHANNELS), "out_channels": 1, "features": args.features,
                 "depth": args.depth, "residual_blocks": args.residual_blocks, "dropout": 0.0,
-                "latent_dim": args.latent_dim, "upsample": args.upsample,
-                "prior_channel": len(CHANNELS) if prior is not None else -1}
+                "latent_dim": args.latent_dim}
     netg = Generator(**gen_args).to(device)
     nete = FaceEncoder(in_channels=2, features=args.encoder_features,
                        latent_dim=args.latent_dim).to(device)
-    netd = PatchDiscriminator(in_channels=in_channels + 1, features=args.disc_features,
+    netd = PatchDiscriminator(in_channels=len(CHANNELS) + 1, features=args.disc_features,
                               layers=args.disc_layers).to(device)
     opt_g = torch.optim.Adam([*netg.parameters(), *nete.parameters()], lr=args.lr,
                              betas=(0.5, 0.999))
@@ -318,8 +316,6 @@ def train(args) -> Path:
         t0 = time.perf_counter()
         head = augment_head(tensors[int(torch.randint(len(tensors), (1,), generator=rng))],
                             settings, rng)
-        if prior is not None:
-            head["prior"] = prior
         head = {k: v[None, None].to(device) for k, v in head.items()}
         start = crop_start(head["region"][0, 0], window, rng)
         cut = (slice(None), slice(None),

@@ -39,9 +39,10 @@ class Model:
     #: what the generator sees: ``defaced`` (the defaced head and its mask, the first
     #: models) or ``privacy`` (:mod:`bidsreface.reface.privacy`, with a latent code)
     conditioning: str = "defaced"
-    #: the prior head on the box (network units) that a generator with a ``prior_channel``
-    #: takes as its last input channel: the mean of the training heads
+    #: the mean of the training heads on the box (network units), and the share of the
+    #: generated head's departure from it that inference keeps (1: all of it)
     prior: torch.Tensor | None = None
+    truncation: float = 1.0
 
     def generator(self, device: str | torch.device = "cpu") -> Generator:
         net = Generator(**self.generator_args)
@@ -52,7 +53,7 @@ class Model:
 def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
                window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
                conditioning: str = "defaced", training: dict | None = None,
-               prior: torch.Tensor | None = None) -> str:
+               prior: torch.Tensor | None = None, truncation: float = 1.0) -> str:
     """Write a model file (fp16 weights and prior); returns its sha256."""
     content = {
         "format": FORMAT,
@@ -70,6 +71,7 @@ def save_model(path: str | Path, generator: Generator, generator_args: dict, box
     }
     if prior is not None:
         content["prior"] = torch.as_tensor(prior).detach().to("cpu", torch.float16)
+        content["truncation"] = float(truncation)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(content, tmp)
@@ -91,7 +93,8 @@ def load_model(path: str | Path) -> Model:
                  box=FaceBox.from_dict(content["box"]), window=tuple(content["window"]),
                  sha256=file_sha256(path), path=str(path), training=content["training"],
                  conditioning=content.get("conditioning", "defaced"),
-                 prior=(content["prior"].float() if "prior" in content else None))
+                 prior=(content["prior"].float() if "prior" in content else None),
+                 truncation=float(content.get("truncation", 1.0)))
 
 
 def packaged_model_path(contrast: str) -> Path | None:
