@@ -25,13 +25,14 @@ The objective is a cVAE-GAN (Zhu et al. 2017, "Toward multimodal image-to-image 
 The encoder and the generator see the same training window (the encoder averages over it).
 
 The model file also holds the mean of the training heads on the box and a truncation
-(``--truncation``, 0.4 by default): at inference the generated head is drawn that far from
-the mean head towards the generator's (:func:`bidsreface.reface.infer.generate`), the
+(``--truncation``, 0.4 by default): at inference the head lies that share of the way from
+the mean head to the generator's (:func:`bidsreface.reface.infer.generate`), the
 truncation trick of GANs, which trades some of the seeds' diversity for faces that look like
 faces. The mean of 108 people is a face, but nobody's.
 
 OUT_DIR receives ``pairs/`` (the cached training heads on the box), ``checkpoint.pt``
-(resumable), ``loss.tsv`` (one line per step) and, at the end, the model file.
+(resumable), ``loss.tsv`` (one line per step) and the model file, written at every
+checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -262,6 +263,8 @@ def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, set
 
 
 def train(args) -> Path:
+    if not 0.0 <= args.truncation <= 1.0:
+        raise ValueError(f"--truncation must be in [0, 1], got {args.truncation}")
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -276,8 +279,6 @@ def train(args) -> Path:
     pairs = cached_heads(heads, box, out / "pairs", seed=args.seed)
     LOGGER.info("%d training heads, box %s at %.1f mm, window %s", len(pairs), box.shape,
                 box.spacing, window)
-    if not 0.0 <= args.truncation <= 1.0:
-        raise ValueError(f"--truncation must be in [0, 1], got {args.truncation}")
     tensors = [_to_tensors(p) for p in pairs]
     prior = torch.from_numpy(mean_head(pairs))
     gen_args = {"in_channels": len(CHANNELS), "out_channels": 1, "features": args.features,
