@@ -182,24 +182,20 @@ def draw_regions(template, head, brain) -> tuple[np.ndarray, np.ndarray]:
     return face, ears
 
 
-def packaged_template() -> tuple[nb.Nifti1Image, np.ndarray, np.ndarray]:
-    """The packaged template image and its head and brain masks."""
-    def mask(name: str) -> np.ndarray:
-        return np.asarray(nb.load(OUT / f"{PREFIX}_desc-{name}_mask.nii.gz").dataobj) > 0
-
-    return nb.load(OUT / f"{PREFIX}_T1w.nii.gz"), mask("head"), mask("brain")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(".cache/template-sources"))
     parser.add_argument("--regions-only", action="store_true",
                         help="redraw the face and ears regions on the packaged template")
     args = parser.parse_args(argv)
+    packaged = None
     if args.regions_only:
-        template, head, brain = packaged_template()
-        source_checksums = json.loads((OUT / "template_description.json").read_text())[
-            "SourceChecksums"]
+        from bidsreface.deface.template import load_template
+
+        packaged = load_template()
+        template = nb.Nifti1Image(packaged.t1w, packaged.affine)
+        head, brain = packaged.head, packaged.brain
+        source_checksums = packaged.description["SourceChecksums"]
     else:
         files = fetch_sources(args.cache.resolve())
         source_checksums = {k: _sha256(v) for k, v in files.items()}
@@ -225,8 +221,8 @@ def main(argv=None) -> int:
         "desc-ears_mask": ears,
     }
     written = {}
-    if args.regions_only:  # the template and its head and brain masks stay as they are
-        written = json.loads((OUT / "template_description.json").read_text())["Checksums"]
+    if packaged is not None:  # the template and its head and brain masks stay as they are
+        written = dict(packaged.description["Checksums"])
         outputs = {k: v for k, v in outputs.items() if k.endswith(("face_mask", "ears_mask"))}
     for name, img in outputs.items():
         if isinstance(img, np.ndarray):

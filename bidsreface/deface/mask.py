@@ -149,23 +149,23 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     guard_mm = brain_margin_mm / s_min + allowance
     face = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
                       shape, affine, lo, hi, order=0, cval=0.0, mode="nearest") > 0
-    if brain_distance is None:
-        values, values_affine, to_native = template.brain_distance_mm(), template.affine, matrix
-    else:
-        values, values_affine, to_native = brain_distance[0], brain_distance[1], np.eye(4)
     # the distance is needed only where the face region is: sample it there alone
     inside = np.argwhere(face)
-    vox = np.linalg.inv(values_affine) @ np.linalg.inv(to_native) @ affine
-    coords = vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4]
-    distance = ndimage.map_coordinates(values, coords, order=1, mode="constant", cval=0.0)
-    shrink = None
-    if brain_distance is not None:
+
+    def at_face(values, values_affine, to_native, cval):
+        vox = np.linalg.inv(values_affine) @ np.linalg.inv(to_native) @ affine
+        return ndimage.map_coordinates(values, vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4],
+                                       order=1, mode="constant", cval=cval)
+
+    if brain_distance is None:
+        shrink, values_affine = None, template.affine
+        distance = at_face(template.brain_distance_mm(), template.affine, matrix, 0.0)
+    else:
         shrink = MAX_SYN_SHRINK_MM if own_brain is None else MAX_SYN_SHRINK_OWN_MM
-        vox = np.linalg.inv(template.affine) @ np.linalg.inv(matrix) @ affine
-        affine_distance = ndimage.map_coordinates(
-            template.brain_distance_mm(), vox[:3, :3] @ (inside + lo).T + vox[:3, 3:4],
-            order=1, mode="constant", cval=1e3)
-        distance = np.minimum(distance, affine_distance + shrink)
+        values, values_affine = brain_distance
+        distance = np.minimum(
+            at_face(values, values_affine, np.eye(4), 0.0),
+            at_face(template.brain_distance_mm(), template.affine, matrix, 1e3) + shrink)
     # linear interpolation of a distance map can overestimate by up to one voxel of the map
     guard = np.zeros_like(face)
     guard[tuple(inside.T)] = distance < guard_mm + float(
