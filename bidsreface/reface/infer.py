@@ -23,7 +23,7 @@ from ..deface.template import load_template
 from ..image import background_value, read_header, save_like, stored_values, to_stored
 from .data import box_inputs
 from .privacy import privacy_inputs, template_brain_native
-from .space import Scaling, sample_from_box
+from .space import Scaling, crop_affine, mask_box, sample_from_box
 from .weights import Model
 
 
@@ -67,25 +67,33 @@ def blend_weight(window: tuple[int, ...], device=None) -> torch.Tensor:
     return weight
 
 
-def tiled_apply(net, x: torch.Tensor, window: tuple[int, ...], overlap: float = 0.25,
-                ) -> torch.Tensor:
-    """Run ``net`` over edge-aligned windows of ``x`` (1, C, *shape); weighted blending.
+#: Windows run through the network together. Each window is normalised on its own (instance
+#: norm), so a batch gives the windows' outputs of one at a time (to float rounding); on 2 CPU
+#: cores 6 windows of 48^3 together ran 1.45x faster than one by one.
+TILE_BATCH = 6
 
-    The output accumulates on ``x``'s device.
+
+def tiled_apply(net, x: torch.Tensor, window: tuple[int, ...], overlap: float = 0.25,
+                batch: int = TILE_BATCH) -> torch.Tensor:
+    """Run ``net`` over edge-aligned windows of ``x`` (1, C, *shape), ``batch`` windows at a
+    time; weighted blending. The output accumulates on ``x``'s device.
     """
     shape = tuple(x.shape[2:])
     window = tuple(min(w, n) for w, n in zip(window, shape, strict=True))
     weight = blend_weight(window, device=x.device)
     out = None
     norm = torch.zeros(shape, device=x.device)
-    for start in itertools.product(*(tile_starts(n, w, overlap)
-                                     for n, w in zip(shape, window, strict=True))):
-        region = tuple(slice(s, s + w) for s, w in zip(start, window, strict=True))
-        y = net(x[(slice(None), slice(None), *region)])
+    regions = [tuple(slice(s, s + w) for s, w in zip(start, window, strict=True))
+               for start in itertools.product(*(tile_starts(n, w, overlap)
+                                                for n, w in zip(shape, window, strict=True)))]
+    for first in range(0, len(regions), max(1, batch)):
+        group = regions[first:first + max(1, batch)]
+        ys = net(torch.cat([x[(slice(None), slice(None), *region)] for region in group]))
         if out is None:
-            out = torch.zeros((1, y.shape[1], *shape), device=x.device, dtype=y.dtype)
-        out[(slice(None), slice(None), *region)] += y * weight
-        norm[region] += weight
+            out = torch.zeros((1, ys.shape[1], *shape), device=x.device, dtype=ys.dtype)
+        for region, y in zip(group, ys, strict=True):
+            out[(0, slice(None), *region)] += y * weight
+            norm[region] += weight
     return out / norm
 
 
@@ -115,8 +123,8 @@ def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu"
     if model.conditioning == "privacy":
         z = latent_code(model, seed).to(device)
 
-        def run(window):
-            return net(window, z)
+        def run(windows):
+            return net(windows, z.expand(len(windows), -1))
     else:
         for module in net.modules():
             if isinstance(module, torch.nn.Dropout3d | torch.nn.Dropout):
@@ -151,31 +159,45 @@ def robust_sigma(values: np.ndarray) -> float:
 
 def tissue_near(mask: np.ndarray, tissue: np.ndarray, affine: np.ndarray,
                 distance_mm: float = 15.0) -> np.ndarray:
-    """Tissue voxels outside ``mask`` within ``distance_mm`` of it."""
+    """Tissue voxels outside ``mask`` within about ``distance_mm`` of it.
+
+    The distance is taken on blocks of about 2 mm (a 1 mm image's 2x2x2 voxels, a block
+    holding the mask when one of its voxels does), so it is exact to a block's diagonal:
+    the ring of tissue around the region whose noise is measured, 8x faster at 1 mm.
+    """
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    near = ndimage.distance_transform_edt(~mask, sampling=zooms) <= distance_mm
+    step = np.maximum(1, np.floor(2.0 / zooms + 1e-6)).astype(int)
+    if (step == 1).all():
+        near = ndimage.distance_transform_edt(~mask, sampling=zooms) <= distance_mm
+    else:
+        padded = np.pad(mask, [(0, (-n) % k) for n, k in zip(mask.shape, step, strict=True)])
+        blocks = padded.reshape(padded.shape[0] // step[0], step[0], padded.shape[1] // step[1],
+                                step[1], padded.shape[2] // step[2], step[2]).any(axis=(1, 3, 5))
+        near = ndimage.distance_transform_edt(~blocks, sampling=zooms * step) <= distance_mm
+        for axis, k in enumerate(step):
+            near = np.repeat(near, k, axis=axis)
+        near = near[:mask.shape[0], :mask.shape[1], :mask.shape[2]]
     return near & ~mask & tissue
 
 
-def match_noise(filled: np.ndarray, data: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
+def match_noise(filled: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
                 affine: np.ndarray, seed: int) -> np.ndarray:
     """Add seeded white noise to the region's tissue so that its local noise (the robust
     spread of :func:`high_pass`) equals that of the image's own tissue around the region.
 
-    ``filled`` is the image with the region already filled, ``tissue`` the filled head's
-    tissue (boolean). Returns the new values of the region's voxels (mask order).
+    ``filled`` is the image with the region already filled (the image itself elsewhere),
+    ``tissue`` the filled head's tissue (boolean). Returns the new values of the region's
+    voxels (mask order).
     """
-    idx = np.argwhere(mask)
-    lo, hi = np.maximum(idx.min(0) - 10, 0), np.minimum(idx.max(0) + 11, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = mask_box(mask, pad=10)
     sub_mask, sub_tissue = mask[box], tissue[box]
     values = filled[box][sub_mask].astype(np.float32)
     around = tissue_near(sub_mask, sub_tissue, affine)
     inside = sub_mask & sub_tissue
     if not around.any() or not inside.any():
         return values
-    target = robust_sigma(high_pass(np.where(sub_mask, filled[box], data[box]))[around])
-    have = robust_sigma(high_pass(filled[box])[inside])
+    detail = high_pass(filled[box])
+    target, have = robust_sigma(detail[around]), robust_sigma(detail[inside])
     noise = np.random.default_rng(seed).standard_normal(sub_mask.shape).astype(np.float32)
     per_unit = robust_sigma(high_pass(noise)[inside])
     if target <= have or per_unit <= 0:
@@ -207,17 +229,18 @@ def air_level(data: np.ndarray, background: float) -> float:
 
 
 def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background: float,
-              ) -> np.ndarray:
+              level: float | None = None) -> np.ndarray:
     """Within the mask: voxels below the air level, or not joined to the head, become
-    background. ``values`` are the new intensities of the mask's voxels (mask order).
+    background. ``values`` are the new intensities of the mask's voxels (mask order);
+    ``level`` is the air level (:data:`AIR_FRACTION` of :func:`air_level` unless given).
 
     Only the mask's bounding box (plus a margin) is looked at: the head outside it is one
     piece with what touches the box.
     """
-    level = float(background) + AIR_FRACTION * (air_level(data, background) - float(background))
-    idx = np.argwhere(mask)
-    lo, hi = np.maximum(idx.min(0) - 4, 0), np.minimum(idx.max(0) + 5, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    if level is None:
+        level = float(background) + AIR_FRACTION * (air_level(data, background)
+                                                     - float(background))
+    box = mask_box(mask, pad=4)
     sub_mask = mask[box]
     filled = np.zeros(sub_mask.shape, bool)
     filled[sub_mask] = values > level
@@ -238,14 +261,19 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
     background = float(background_value(data))
-    values = clean_air(values_fn(data, img.affine, mask, background), data, mask, background)
-    if noise_seed is not None and mask.any():
-        filled = data.copy()
-        filled[mask] = values
-        tissue = filled > background + AIR_FRACTION * (air_level(data, background) - background)
-        values = np.where(values != background,
-                          match_noise(filled, data, mask, tissue, img.affine, noise_seed),
-                          values)
+    values = values_fn(data, img.affine, mask, background)
+    # what follows looks no further than 10 voxels around the mask (match_noise): that box
+    crop = mask_box(mask, pad=12)
+    if crop is not None:
+        level = background + AIR_FRACTION * (air_level(data, background) - background)
+        data, mask_in, affine = data[crop], mask[crop], crop_affine(img.affine, crop)
+        values = clean_air(values, data, mask_in, background, level)
+        if noise_seed is not None:
+            filled = data.copy()
+            filled[mask_in] = values
+            values = np.where(values != background,
+                              match_noise(filled, mask_in, filled > level, affine, noise_seed),
+                              values)
     stored = stored_values(defaced_file).copy()
     stored[mask] = to_stored(values, read_header(defaced_file))
     filled = int((values != background).sum())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .space import FaceBox, Scaling, sample_into_box
+from .space import FaceBox, Scaling, box_footprint, crop_affine, mask_box, sample_into_box
 
 CHANNELS = ("brain", "brain_mask", "region")
 #: The top of the scaled range, in units of the brain's 99th intensity percentile: fat and
@@ -54,9 +54,25 @@ def template_brain_native(shape: tuple, affine: np.ndarray, matrix: np.ndarray,
                           template) -> np.ndarray:
     """The template's brain carried onto a native grid (``matrix``: template mm -> native
     mm)."""
-    vox = np.linalg.inv(template.affine) @ np.linalg.inv(matrix) @ affine
-    return ndimage.affine_transform(template.brain.astype(np.uint8), vox[:3, :3], vox[:3, 3],
-                                    output_shape=tuple(shape), order=0, cval=0) > 0
+    brain = np.zeros(tuple(shape), bool)
+    # only the native voxels within the carried template brain's bounding box are sampled
+    extent = mask_box(template.brain, pad=1)  # nearest-neighbour rounding reaches half a voxel
+    if extent is None:
+        return brain
+    lo, hi = [s.start for s in extent], [s.stop - 1 for s in extent]
+    corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                        for c in (lo[2], hi[2])])
+    native = (np.linalg.inv(affine) @ matrix @ template.affine @ corners.T)[:3].T
+    lo = np.maximum(np.floor(native.min(0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(native.max(0)).astype(int) + 2, shape)
+    if np.any(hi <= lo):
+        return brain
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    vox = np.linalg.inv(template.affine) @ np.linalg.inv(matrix) @ crop_affine(affine, crop)
+    brain[crop] = ndimage.affine_transform(template.brain.astype(np.uint8), vox[:3, :3],
+                                           vox[:3, 3], output_shape=tuple(hi - lo), order=0,
+                                           cval=0) > 0
+    return brain
 
 
 def privacy_inputs(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
@@ -78,6 +94,11 @@ def privacy_inputs(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
         raise ValueError("the deface mask overlaps the brain: refusing to read face voxels")
     background = float(background_value(np.asarray(data)[~region]))
     scaling = brain_scaling(data, brain, background)
+    # the box's samples come from its footprint on the native grid alone
+    crop = box_footprint(box, matrix, affine, data.shape)
+    if crop is not None:
+        data, brain, region = np.asarray(data)[crop], brain[crop], region[crop]
+        affine = crop_affine(affine, crop)
     brain_only = np.where(brain, data, background).astype(np.float32)
     brain_box = sample_into_box(brain.astype(np.float32), affine, matrix, box) > 0.5
     values = scaling.forward(sample_into_box(brain_only, affine, matrix, box, cval=background))

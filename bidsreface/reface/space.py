@@ -63,6 +63,49 @@ def box_to_native(box: FaceBox, matrix: np.ndarray, affine: np.ndarray) -> np.nd
     return np.linalg.inv(affine) @ matrix @ box.affine
 
 
+def mask_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask``'s voxels grown by ``pad`` voxels (clipped to
+    the grid); None for an empty mask. One pass per axis, not a list of every voxel.
+
+    >>> m = np.zeros((5, 6, 7), bool); m[1, 2:4, 6] = True
+    >>> mask_box(m, pad=1)
+    (slice(0, 3, None), slice(1, 5, None), slice(5, 7, None))
+    """
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        lo.append(max(int(hit[0]) - pad, 0))
+        hi.append(min(int(hit[-1]) + 1 + pad, mask.shape[axis]))
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+
+
+def crop_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of the sub-grid ``box`` of a grid with ``affine``.
+
+    >>> crop_affine(np.diag([2.0, 2.0, 2.0, 1.0]), (slice(1, 4), slice(0, 2), slice(3, 5)))[:3, 3]
+    array([2., 0., 6.])
+    """
+    shifted = np.array(affine, dtype=np.float64)
+    shifted[:3, 3] = affine[:3, :3] @ np.array([s.start for s in box], float) + affine[:3, 3]
+    return shifted
+
+
+def box_footprint(box: FaceBox, matrix: np.ndarray, affine: np.ndarray, shape: tuple,
+                  pad: int = 2) -> tuple[slice, ...] | None:
+    """Slices of the native grid that hold every voxel the box's samples interpolate from
+    (its corners carried to native voxels, grown by ``pad``); None when it misses the grid."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, box.shape[0] - 1)
+                        for j in (0, box.shape[1] - 1) for k in (0, box.shape[2] - 1)])
+    native = (box_to_native(box, matrix, affine) @ corners.T)[:3].T
+    lo = np.maximum(np.floor(native.min(0)).astype(int) - pad, 0)
+    hi = np.minimum(np.ceil(native.max(0)).astype(int) + 1 + pad, shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
 def sample_into_box(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray, box: FaceBox, *,
                     order: int = 1, cval: float = 0.0) -> np.ndarray:
     """Resample a native image into the face box (float32)."""
@@ -74,8 +117,12 @@ def sample_into_box(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray, bo
 
 def sample_from_box(values: np.ndarray, box: FaceBox, matrix: np.ndarray, affine: np.ndarray,
                     where: np.ndarray, *, cval: float = -1.0) -> np.ndarray:
-    """Trilinear samples of box ``values`` at the native voxels ``where`` (boolean mask)."""
-    native_idx = np.argwhere(where).T.astype(np.float64)
+    """Trilinear samples of box ``values`` at the native voxels ``where`` (boolean mask), in
+    the order of ``where``'s voxels."""
+    crop = mask_box(where)
+    if crop is None:
+        return np.zeros(0, np.float32)
+    native_idx = (np.argwhere(where[crop]) + [s.start for s in crop]).T.astype(np.float64)
     to_box = np.linalg.inv(box_to_native(box, matrix, affine))
     coords = to_box[:3, :3] @ native_idx + to_box[:3, 3:4]
     return ndimage.map_coordinates(values.astype(np.float32), coords, order=1, cval=cval,
