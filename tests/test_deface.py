@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bidsreface.deface.apply import deface
-from bidsreface.deface.mask import _pull_back, face_mask, region, region_box
+from bidsreface.deface.mask import face_mask, pull_back, region, region_box
 from bidsreface.deface.register import (
     brain_distance_map,
     check_quality,
@@ -80,7 +80,7 @@ def test_region_box_holds_the_whole_region_however_the_head_is_turned():
     affine[:3, 3] = -127.0
     for ears in (False, True):
         lo, hi = region_box(shape, affine, matrix, template, ears=ears)
-        whole = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+        whole = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
                            shape, affine, np.zeros(3, int), np.array(shape), order=0, cval=0.0,
                            mode="nearest") > 0
         idx = np.argwhere(whole)

@@ -27,13 +27,15 @@ MAX_SYN_SHRINK_MM = 5.0
 MAX_SYN_SHRINK_OWN_MM = 10.0
 
 
-def _bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
+def bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
+    """``lo, hi`` voxel bounds of a grid of ``shape`` holding the points ``corners_vox``
+    (native voxel coordinates) grown by ``pad`` voxels, clipped to the grid."""
     lo = np.maximum(np.floor(corners_vox.min(0)).astype(int) - pad, 0)
     hi = np.minimum(np.ceil(corners_vox.max(0)).astype(int) + pad + 1, shape)
     return lo, hi
 
 
-def _pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
+def pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
                shape: tuple, affine: np.ndarray, lo, hi, order: int, cval: float,
                mode: str = "constant"):
     """Sample template-space ``values`` on the native voxels of the box ``lo:hi``.
@@ -76,7 +78,7 @@ def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: T
     """
     coarse_shape = tuple(-(-int(n) // step) for n in shape)
     coarse_affine = affine @ np.diag([step, step, step, 1.0])
-    inside = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+    inside = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
                         coarse_shape, coarse_affine, np.zeros(3, int), np.array(coarse_shape),
                         order=0, cval=0.0, mode="nearest") > 0
     if not inside.any():
@@ -139,7 +141,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     corners = region_corners(template, ears=ears)
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
-    lo, hi = _bounding_box(native_vox, shape)
+    lo, hi = bounding_box(native_vox, shape)
     mask = np.zeros(shape, dtype=bool)
     if np.any(hi <= lo):
         return mask, {"face_voxels": 0, "guard_mm_template": None,
@@ -147,7 +149,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
     allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
     guard_mm = brain_margin_mm / s_min + allowance
-    face = _pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+    face = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
                       shape, affine, lo, hi, order=0, cval=0.0, mode="nearest") > 0
     # the distance is needed only where the face region is: sample it there alone
     inside = np.argwhere(face)

@@ -86,8 +86,9 @@ def tiled_apply(net, x: torch.Tensor, window: tuple[int, ...], overlap: float = 
     regions = [tuple(slice(s, s + w) for s, w in zip(start, window, strict=True))
                for start in itertools.product(*(tile_starts(n, w, overlap)
                                                 for n, w in zip(shape, window, strict=True)))]
-    for first in range(0, len(regions), max(1, batch)):
-        group = regions[first:first + max(1, batch)]
+    batch = max(1, batch)
+    for first in range(0, len(regions), batch):
+        group = regions[first:first + batch]
         ys = net(torch.cat([x[(slice(None), slice(None), *region)] for region in group]))
         if out is None:
             out = torch.zeros((1, ys.shape[1], *shape), device=x.device, dtype=ys.dtype)
@@ -229,17 +230,14 @@ def air_level(data: np.ndarray, background: float) -> float:
 
 
 def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background: float,
-              level: float | None = None) -> np.ndarray:
+              level: float) -> np.ndarray:
     """Within the mask: voxels below the air level, or not joined to the head, become
-    background. ``values`` are the new intensities of the mask's voxels (mask order);
-    ``level`` is the air level (:data:`AIR_FRACTION` of :func:`air_level` unless given).
+    background. ``values`` are the new intensities of the mask's voxels (mask order),
+    ``level`` the air level (:data:`AIR_FRACTION` of :func:`air_level`).
 
     Only the mask's bounding box (plus a margin) is looked at: the head outside it is one
     piece with what touches the box.
     """
-    if level is None:
-        level = float(background) + AIR_FRACTION * (air_level(data, background)
-                                                     - float(background))
     box = mask_box(mask, pad=4)
     sub_mask = mask[box]
     filled = np.zeros(sub_mask.shape, bool)
@@ -262,7 +260,7 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
     background = float(background_value(data))
     values = values_fn(data, img.affine, mask, background)
-    # what follows looks no further than 10 voxels around the mask (match_noise): that box
+    # air cleaning and noise matching look at most 10 voxels around the mask: crop to it
     crop = mask_box(mask, pad=12)
     if crop is not None:
         level = background + AIR_FRACTION * (air_level(data, background) - background)

@@ -21,7 +21,6 @@ not from the person.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .space import FaceBox, Scaling, box_footprint, crop_affine, mask_box, sample_into_box
 
@@ -54,24 +53,23 @@ def template_brain_native(shape: tuple, affine: np.ndarray, matrix: np.ndarray,
                           template) -> np.ndarray:
     """The template's brain carried onto a native grid (``matrix``: template mm -> native
     mm)."""
+    from ..deface.mask import bounding_box, pull_back
+
     brain = np.zeros(tuple(shape), bool)
     # only the native voxels within the carried template brain's bounding box are sampled
     extent = mask_box(template.brain, pad=1)  # nearest-neighbour rounding reaches half a voxel
     if extent is None:
         return brain
-    lo, hi = [s.start for s in extent], [s.stop - 1 for s in extent]
-    corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
-                        for c in (lo[2], hi[2])])
+    corners = np.array([[a, b, c, 1.0] for a in (extent[0].start, extent[0].stop - 1)
+                        for b in (extent[1].start, extent[1].stop - 1)
+                        for c in (extent[2].start, extent[2].stop - 1)])
     native = (np.linalg.inv(affine) @ matrix @ template.affine @ corners.T)[:3].T
-    lo = np.maximum(np.floor(native.min(0)).astype(int) - 1, 0)
-    hi = np.minimum(np.ceil(native.max(0)).astype(int) + 2, shape)
+    lo, hi = bounding_box(native, shape, pad=1)
     if np.any(hi <= lo):
         return brain
-    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    vox = np.linalg.inv(template.affine) @ np.linalg.inv(matrix) @ crop_affine(affine, crop)
-    brain[crop] = ndimage.affine_transform(template.brain.astype(np.uint8), vox[:3, :3],
-                                           vox[:3, 3], output_shape=tuple(hi - lo), order=0,
-                                           cval=0) > 0
+    brain[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = pull_back(
+        template.brain.astype(np.uint8), template.affine, matrix, shape, affine, lo, hi,
+        order=0, cval=0) > 0
     return brain
 
 

@@ -96,11 +96,11 @@ def box_footprint(box: FaceBox, matrix: np.ndarray, affine: np.ndarray, shape: t
                   pad: int = 2) -> tuple[slice, ...] | None:
     """Slices of the native grid that hold every voxel the box's samples interpolate from
     (its corners carried to native voxels, grown by ``pad``); None when it misses the grid."""
+    from ..deface.mask import bounding_box
+
     corners = np.array([[i, j, k, 1.0] for i in (0, box.shape[0] - 1)
                         for j in (0, box.shape[1] - 1) for k in (0, box.shape[2] - 1)])
-    native = (box_to_native(box, matrix, affine) @ corners.T)[:3].T
-    lo = np.maximum(np.floor(native.min(0)).astype(int) - pad, 0)
-    hi = np.minimum(np.ceil(native.max(0)).astype(int) + 1 + pad, shape)
+    lo, hi = bounding_box((box_to_native(box, matrix, affine) @ corners.T)[:3].T, shape, pad)
     if np.any(hi <= lo):
         return None
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
