@@ -1,6 +1,7 @@
 """Progress of a participant-level run: one line on stderr per finished image.
 
-``bidsreface: [12/152] sub-012 T1w: ok, 14 s; about 25 min left`` or
+``bidsreface: [12/152] sub-012 T1w: ok, 14 s; about 25 min left`` (the seconds its steps ran, and
+the time left from the work done) or
 ``bidsreface: [13/152] sub-013 T1w: failed: <reason>``. The lines come from nipype's status
 callback (``plugin_args["status_callback"]``), which every plugin but the graph-submitting
 ones calls in the main process when a node starts, ends or raises; the images that never
@@ -59,6 +60,29 @@ def time_left(elapsed: float, done: int, total: int) -> str:
     return f"about {duration(elapsed / done * (total - done))} left"
 
 
+def work_left(elapsed: float, busy_done: list[float], busy_all: float, total: int) -> str:
+    """The time left, estimated from the work done rather than the images done.
+
+    nipype runs the images' steps side by side (every registration, then every brain
+    mask...), so the first images finish late although most of the work is done. Each image
+    is taken to need the mean step time of the images done (*busy_done*, seconds); *busy_all*
+    is the step time spent so far on every image, done or not; the rate is that over
+    *elapsed*.
+
+    >>> work_left(600.0, [60.0], 1200.0, 25)   # 1 of 25 done, 1200 of 1500 s of work done
+    'about 2 min left'
+    >>> work_left(600.0, [60.0] * 25, 1500.0, 25)
+    ''
+    """
+    done = len(busy_done)
+    if done >= total or done <= 0:
+        return ""
+    if busy_all <= 0 or elapsed <= 0:
+        return time_left(elapsed, done, total)
+    remaining = max(0.0, sum(busy_done) / done * total - busy_all)
+    return f"about {duration(remaining * elapsed / busy_all)} left"
+
+
 def crash_reason(text: str, image: AnatImage) -> str:
     """The exception message of a nipype crash file, without the image's own path.
 
@@ -106,7 +130,8 @@ class Progress:
         self.clock = clock
         self.started_at = clock()
         self.wall_started = time.time()
-        self.first_start: dict[AnatImage, float] = {}
+        self.node_start: dict[str, float] = {}
+        self.busy: dict[AnatImage, float] = {}  # seconds its finished steps ran
         self.outcomes: dict[AnatImage, tuple[str, str]] = {}
         self.pending: list[tuple[AnatImage, str]] = []
         self.over = False  # the run is over: no time left to estimate
@@ -129,8 +154,11 @@ class Progress:
             return
         now = self.clock()
         if status == "start":
-            self.first_start.setdefault(image, now)
-        elif status == "exception":
+            self.node_start[str(getattr(node, "fullname", name))] = now
+            return
+        began = self.node_start.pop(str(getattr(node, "fullname", name)), now)
+        self.busy[image] = self.busy.get(image, 0.0) + now - began
+        if status == "exception":
             reason = self.result_file_reason(node, image)
             if reason is not None:
                 self.report(image, "failed", reason)
@@ -200,11 +228,14 @@ class Progress:
         done = len(self.outcomes)
         line = f"bidsreface: [{done}/{self.total}] {image_label(image)}: "
         if status == "ok":
-            seconds = now - self.first_start.get(image, self.started_at)
+            # no callback reached its steps (a graph plugin ran them): the run's time so far
+            seconds = self.busy[image] if image in self.busy else now - self.started_at
             line += f"ok, {duration(seconds)}"
         else:
             line += f"failed: {reason}"
-        left = "" if self.over else time_left(now - self.started_at, done, self.total)
+        busy_done = [self.busy.get(i, 0.0) for i in self.outcomes]
+        left = "" if self.over else work_left(now - self.started_at, busy_done,
+                                               sum(self.busy.values()), self.total)
         print(line + (f"; {left}" if left else ""), file=self.stream, flush=True)
 
     def failure(self, image: AnatImage) -> str | None:

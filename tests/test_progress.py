@@ -68,7 +68,7 @@ def test_lines_as_images_finish(tmp_path):
     _record(out, t1, "ok")
     progress(_node(t1, "ds", tmp_path), "end")
     assert stream.getvalue().splitlines() == [
-        "bidsreface: [1/3] sub-01 T1w: ok, 20 s; about 40 s left"]
+        "bidsreface: [1/3] sub-01 T1w: ok, 5 s; about 40 s left"]
     clock.now = 30.0
     _record(out, flair, "failed", "a face is still detected on the defaced head")
     progress(_node(flair, "ds", tmp_path), "end")
