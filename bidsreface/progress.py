@@ -1,7 +1,7 @@
 """Progress of a participant-level run: one line on stderr per finished image.
 
-``bidsreface: [12/152] sub-012 T1w: ok, 14 s; about 25 min left`` (the seconds its steps ran, and
-the time left from the work done) or
+``bidsreface: [12/152] sub-012 T1w: ok, 14 s; about 25 min left`` (the seconds the image's
+steps ran, and the time left from the work done) or
 ``bidsreface: [13/152] sub-013 T1w: failed: <reason>``. The lines come from nipype's status
 callback (``plugin_args["status_callback"]``), which every plugin but the graph-submitting
 ones calls in the main process when a node starts, ends or raises; the images that never
@@ -152,11 +152,11 @@ class Progress:
         self.flush()
         if image is None or image in self.outcomes:
             return
-        now = self.clock()
+        now, node_id = self.clock(), str(getattr(node, "fullname", name))
         if status == "start":
-            self.node_start[str(getattr(node, "fullname", name))] = now
+            self.node_start[node_id] = now
             return
-        began = self.node_start.pop(str(getattr(node, "fullname", name)), now)
+        began = self.node_start.pop(node_id, now)
         self.busy[image] = self.busy.get(image, 0.0) + now - began
         if status == "exception":
             reason = self.result_file_reason(node, image)
