@@ -51,10 +51,10 @@ def head(request, tmp_path_factory, brainsmall_path):
         shutil.copy(sorted((heads / "ixi").glob("IXI*_T1w.nii.gz"))[0], path)
     else:
         nb.save(load_brainsmall(brainsmall_path), path)
-    reg, _ = register_file(str(path))
+    reg, distance = register_file(str(path))
     brain_file, info = brain_mask_file(str(path), root)
     brain = np.asanyarray(nb.load(brain_file).dataobj) > 0
-    return {"path": path, "root": root, "reg": reg, "brain": brain,
+    return {"path": path, "root": root, "reg": reg, "distance": distance, "brain": brain,
             "brain_file": brain_file, "brain_info": info, "affine": nb.load(path).affine}
 
 
@@ -163,3 +163,54 @@ def test_guard_recorded(head):
     record = brain_checks(raw, {"defaced": raw}, head["brain"], head["brain_info"])
     assert record["brain_guard"] == "own+template" and record["own_brain_changed"] == 0
     assert record["brain_mask"]["brain_mask"] == "own"
+
+
+def test_qc_fails_a_mask_within_the_margin_of_the_own_brain(head, tmp_path):
+    """A mask made with a 2 mm margin changes no voxel of the own brain, yet comes closer to
+    it than the 5 mm the run asked for: the QC fails the image for it."""
+    reg, distance = head["reg"], head["distance"]
+    distance_file = tmp_path / "distance.nii.gz"
+    nb.save(nb.Nifti1Image(distance[0].astype(np.float32), distance[1]), distance_file)
+    defaced, mask_file, mask_info = deface_file(str(head["path"]), reg.matrix, tmp_path,
+                                                brain_margin_mm=2.0, brain_distance=distance,
+                                                own_brain=head["brain"])
+    mask = np.asanyarray(nb.load(mask_file).dataobj) > 0
+    assert not (mask & head["brain"]).any()
+    assert closest_mm(mask, head["brain"], head["affine"]) <= MARGIN_MM
+    metrics, _ = image_qc(head["path"], defaced, mask_file, reg.matrix, reg.to_dict(),
+                          mask_info, distance_file, brain_margin_mm=MARGIN_MM,
+                          brain_mask_file=head["brain_file"], brain_mask_info=head["brain_info"])
+    assert metrics["own_brain_changed"] == 0 and metrics["own_guard_overlap"] > 0
+    assert metrics["status"] == "failed"
+    assert any("within the brain margin of the image's own brain" in reason
+               for reason in metrics["reasons"])
+
+
+def test_own_brain_gives_the_margin(head):
+    """With the own brain guarding, the carried template brain is kept as it lies and the
+    margin is measured from the own brain: the mask is a superset of the one the template
+    brain's margin allows, never inside the carried template brain, and the margin away from
+    the own brain."""
+    from bidsreface.deface.mask import face_mask
+    from bidsreface.deface.template import load_template
+    from bidsreface.qc.metrics import guard_overlap
+
+    brain, affine, reg = head["brain"], head["affine"], head["reg"]
+    distance, template = head["distance"], load_template()
+    alone, alone_info = face_mask(brain.shape, affine, reg.matrix, template,
+                                  brain_distance=distance)
+    own, own_info = face_mask(brain.shape, affine, reg.matrix, template,
+                              brain_distance=distance, own_brain=brain)
+    assert own_info["template_margin_mm"] == 0 and alone_info["template_margin_mm"] == MARGIN_MM
+    keeps_no_more = alone & ~own
+    assert not (keeps_no_more & ~_own_guard(brain, affine)).any()
+    assert own.sum() > alone.sum()
+    assert guard_overlap(own, affine, *distance, 0.0) == 0
+    assert closest_mm(own, brain, affine) > MARGIN_MM
+
+
+def _own_guard(brain, affine):
+    from scipy import ndimage
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return ndimage.distance_transform_edt(~brain, sampling=zooms) <= MARGIN_MM

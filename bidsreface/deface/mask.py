@@ -25,6 +25,15 @@ MAX_SYN_SHRINK_MM = 5.0
 #: there); at 10 mm 19 of them lose at least 99 %, and every mask stays 5.7 mm or more from
 #: its own brain (``benchmarks/cohort.py``'s reference region; larger bounds changed nothing).
 MAX_SYN_SHRINK_OWN_MM = 10.0
+#: Native millimetres the template brain's guard is grown by when the image's own brain
+#: guards too. The own brain, grown by the brain margin, gives the margin; the template brain
+#: carried by registration stays in the guard as it lies, a backstop for a brain mask that
+#: misses part of the brain. Grown by the margin as well (and the allowances above), it kept
+#: the tops of the eye globes under the orbital roof, 5.7-9 mm from the own brain, on 5 of
+#: the 152 heads of ``../shared/heads`` (IXI538 kept 24 % of its eye, nose and lip region),
+#: while the own brain's guard alone never let a voxel of the own brain in and the template
+#: brain's alone let one in on 2 heads (``benchmarks/cohort.py``).
+TEMPLATE_MARGIN_WITH_OWN_MM = 0.0
 
 
 def bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
@@ -114,6 +123,21 @@ def own_brain_guard(own_brain: np.ndarray, affine: np.ndarray, lo, hi,
                                                       strict=True))]
 
 
+def template_guard_margin(brain_margin_mm: float, refined: bool,
+                          own: bool) -> tuple[float, float]:
+    """The template brain's guard: its margin (native mm) and allowance (template mm).
+
+    ``refined``: the brain distance map went through the deformable refinement; ``own``: the
+    image's own brain guards too, and gives the margin.
+
+    >>> template_guard_margin(5.0, True, False), template_guard_margin(5.0, True, True)
+    ((5.0, 1.5), (0.0, 0.0))
+    """
+    if own:
+        return TEMPLATE_MARGIN_WITH_OWN_MM, 0.0
+    return brain_margin_mm, SYN_ALLOWANCE_MM if refined else ANATOMY_ALLOWANCE_MM
+
+
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
               ears: bool = False, brain_margin_mm: float = 5.0,
               brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
@@ -133,8 +157,9 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     (``MAX_SYN_SHRINK_OWN_MM`` with ``own_brain``) further from the brain than the affine
     alone would put it. ``own_brain`` (boolean, on the native grid) is the image's
     own brain (:mod:`bidsreface.deface.brain`): every voxel within ``brain_margin_mm`` native
-    millimetres of it is kept too, so the guard is the union of both brains, each grown by
-    the margin.
+    millimetres of it is kept, and the template brain is then kept as carried, grown by
+    ``TEMPLATE_MARGIN_WITH_OWN_MM`` with no allowance (:func:`template_guard_margin`): the
+    guard is the union of the own brain grown by the margin and the carried template brain.
 
     Returns the boolean mask and figures describing it.
     """
@@ -147,8 +172,9 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
         return mask, {"face_voxels": 0, "guard_mm_template": None,
                       "brain_guard": "template" if own_brain is None else "own+template"}
     s_min = float(np.linalg.svd(matrix[:3, :3], compute_uv=False).min())
-    allowance = ANATOMY_ALLOWANCE_MM if brain_distance is None else SYN_ALLOWANCE_MM
-    guard_mm = brain_margin_mm / s_min + allowance
+    template_margin_mm, allowance = template_guard_margin(
+        brain_margin_mm, brain_distance is not None, own_brain is not None)
+    guard_mm = template_margin_mm / s_min + allowance
     face = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
                       shape, affine, lo, hi, order=0, cval=0.0, mode="nearest") > 0
     # the distance is needed only where the face region is: sample it there alone
@@ -190,6 +216,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
         "face_volume_ml": round(float(mask.sum()) * voxel_ml, 2),
         "guard_voxels_removed": int((face & guard).sum()),
         "brain_margin_mm": brain_margin_mm,
+        "template_margin_mm": template_margin_mm,
         "guard_mm_template": round(guard_mm, 3),
         "guard_source": "affine" if brain_distance is None else "affine+syn",
         "syn_shrink_mm": shrink,

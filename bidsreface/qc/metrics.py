@@ -63,9 +63,29 @@ def brain_checks(raw: np.ndarray, outputs: dict, brain: np.ndarray | None,
     }
 
 
+def own_guard_overlap(mask: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+                      margin_mm: float) -> int:
+    """Voxels of *mask* within *margin_mm* (native mm) of the image's own brain.
+
+    >>> brain = np.zeros((12, 1, 1), bool); brain[:2] = True
+    >>> m = np.zeros((12, 1, 1), bool); m[4:] = True
+    >>> own_guard_overlap(m, brain, np.eye(4), 4.0), own_guard_overlap(m, brain, np.eye(4), 3.0)
+    (2, 1)
+    """
+    from ..deface.mask import own_brain_guard
+
+    inside = np.argwhere(mask)
+    if not len(inside):
+        return 0
+    lo, hi = inside.min(0), inside.max(0) + 1
+    near = own_brain_guard(brain.reshape(mask.shape), affine, lo, hi, margin_mm)
+    return int(np.count_nonzero(near & mask[tuple(slice(a, b) for a, b in zip(lo, hi,
+                                                                             strict=True))]))
+
+
 def guard_overlap(mask: np.ndarray, affine: np.ndarray, distance: np.ndarray,
                   distance_affine: np.ndarray, guard_mm: float) -> int:
-    """Voxels of *mask* closer than *guard_mm* to the brain, per a brain distance map.
+    """Voxels of *mask* inside the brain or closer than *guard_mm* to it, per a distance map.
 
     Parameters
     ----------
@@ -83,6 +103,8 @@ def guard_overlap(mask: np.ndarray, affine: np.ndarray, distance: np.ndarray,
     >>> m = np.zeros((10, 3, 3), bool); m[2:6, 1, 1] = True
     >>> guard_overlap(m, np.eye(4), d, np.eye(4), 4.0)
     2
+    >>> m[0, 1, 1] = True; guard_overlap(m, np.eye(4), d, np.eye(4), 0.0)
+    1
     """
     inside = np.argwhere(mask)
     if not len(inside):
@@ -91,7 +113,7 @@ def guard_overlap(mask: np.ndarray, affine: np.ndarray, distance: np.ndarray,
     coords = vox[:3, :3] @ inside.T + vox[:3, 3:4]
     values = ndimage.map_coordinates(np.asarray(distance, dtype=np.float32), coords, order=1,
                                      mode="constant", cval=0.0)
-    return int(np.count_nonzero(values < guard_mm))
+    return int(np.count_nonzero((values < guard_mm) | (values <= 0)))
 
 
 def guard_margin_mm(matrix: np.ndarray, brain_margin_mm: float) -> float:
@@ -211,6 +233,9 @@ def qc_reasons(metrics: dict) -> list[str]:
     if metrics.get("guard_overlap", 0):
         reasons.append(f"the deface mask overlaps the brain guard by "
                        f"{metrics['guard_overlap']} voxels")
+    if metrics.get("own_guard_overlap", 0):
+        reasons.append(f"the deface mask comes within the brain margin of the image's own "
+                       f"brain at {metrics['own_guard_overlap']} voxels")
     if metrics.get("face_volume_ml", 0.0) < MIN_FACE_VOLUME_ML:
         reasons.append(f"the face mask is {metrics.get('face_volume_ml', 0.0)} ml "
                        f"(< {MIN_FACE_VOLUME_ML:g}): it cannot cover a face")
@@ -261,7 +286,8 @@ def voxel_checks(raw_file, outputs: dict, mask: np.ndarray, matrix: np.ndarray,
     from ..image import changed_voxels
 
     raw_img, distance = nb.load(raw_file), nb.load(distance_file)
-    guard_mm = guard_margin_mm(matrix, brain_margin_mm)
+    # the template brain's own margin: the brain margin, or less where the own brain gave it
+    guard_mm = guard_margin_mm(matrix, mask_info.get("template_margin_mm", brain_margin_mm))
     checks = {
         "registration_ok": bool(registration.get("ok", False)),
         "head_dice": registration.get("head_dice", registration.get("rigid_head_dice")),
@@ -391,6 +417,9 @@ def image_qc(raw_file: str | Path, defaced_file: str | Path, mask_file: str | Pa
     metrics.update(timed("brain", brain_checks, stored_values(raw_file),
                          {kind: stored_values(img.get_filename())
                           for kind, img in outputs.items()}, brain, brain_mask_info))
+    if brain is not None:
+        metrics["own_guard_overlap"] = own_guard_overlap(mask, brain, raw_img.affine,
+                                                         brain_margin_mm)
     original, sizes = timed("head_scale", head_sizes, raw_img, outputs, matrix, registration,
                             seed)
     detected, faces, renders = timed("faces", face_checks, raw_img, outputs, matrix)

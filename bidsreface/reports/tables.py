@@ -12,7 +12,7 @@ COLUMNS = (
     "registration_ok", "head_dice", "correlation", "scales", "shear", "start_deg", "mask_from",
     "face_volume_ml", "face_voxels", "guard_voxels_removed", "guard_overlap",
     "changed_outside_mask", "changed_inside_mask", "refaced_changed_outside_mask",
-    "brain_guard", "own_brain_changed",
+    "brain_guard", "own_brain_changed", "own_guard_overlap",
     "head_scale_original", "etiv_original_ml",
     "defaced_head_scale", "defaced_etiv_ml", "defaced_head_scale_change",
     "refaced_head_scale", "refaced_etiv_ml", "refaced_head_scale_change",
@@ -93,7 +93,8 @@ def flags(record: dict) -> list[str]:
         found.append(f"failed QC: {record.get('reason', '')}")
     changed = (record.get("checks", {}).get("changed_outside_mask", 0)
                + record.get("checks", {}).get("refaced_changed_outside_mask", 0))
-    if changed or qc.get("guard_overlap") or qc.get("own_brain_changed"):
+    if (changed or qc.get("guard_overlap") or qc.get("own_brain_changed")
+            or qc.get("own_guard_overlap")):
         found.append("brain changed")
     if (qc.get("defaced") or {}).get("face_detected"):
         found.append("face still detected after defacing")
