@@ -22,6 +22,7 @@ from .register import (
     Registration,
     brain_distance_map,
     carry_distance_map,
+    downsample,
     map_grid,
     register_rigid,
     register_to_template,
@@ -39,10 +40,12 @@ def register_file(in_file: str, *, ears: bool = False, seed: int = 0):
     img = load_image(in_file)
     data = np.asanyarray(img.dataobj)
     template = load_template()
-    reg = register_to_template(data, img.affine, template, seed=seed)
+    small = downsample(np.asarray(data, dtype=np.float32), img.affine)  # once, for both
+    reg = register_to_template(data, img.affine, template, seed=seed, small=small)
     reg.metrics["reference"] = "template"
     require_ok(reg, in_file)
-    distance = brain_distance_map(data, img.affine, template, reg, ears=ears, seed=seed)
+    distance = brain_distance_map(data, img.affine, template, reg, ears=ears, seed=seed,
+                                  small=small)
     return reg, distance
 
 

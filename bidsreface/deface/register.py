@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nb
@@ -210,21 +211,29 @@ def register_to_template(
     *,
     seed: int = 0,
     starts=STARTS_DEG,
+    small: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Registration:
     """Register a head image to the template (affine, several starting rotations).
 
     Each start aligns the centres of mass and applies a rotation; the registration with the
     best correlation to the template wins. The result carries its quality metrics and is
     ``ok`` only if they pass :func:`check_quality`; a failed one is returned, not hidden.
+    ``small`` is the image already downsampled (:func:`downsample`, values and affine).
     """
-    fixed, fixed_aff = downsample(template.t1w, template.affine)
+    fixed, fixed_aff = _template_small(template)
     fixed_head = _resample(template.head.astype(np.float32), template.affine, np.eye(4),
                            fixed.shape, fixed_aff) > 0.5
-    moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
+    moving, moving_aff = small or downsample(np.asarray(data, dtype=np.float32), affine)
     moving = moving / max(float(np.percentile(moving, 99.5)), 1e-6)
     fixed_n = fixed / max(float(np.percentile(fixed, 99.5)), 1e-6)
     return _register(fixed_n, fixed_head, fixed_aff, moving, moving_aff, seed,
                      starts, "Affine", moving_valid=valid_mask(data, affine))
+
+
+@lru_cache(maxsize=1)
+def _template_small(template: Template) -> tuple[np.ndarray, np.ndarray]:
+    """The template's T1w at the registration resolution (do not modify the arrays)."""
+    return downsample(template.t1w, template.affine)
 
 
 def valid_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -357,20 +366,22 @@ def _around_region(image: np.ndarray, image_affine: np.ndarray, template: Templa
 
 def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
                        registration: Registration, *, ears: bool = False,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                       seed: int = 0, small: tuple[np.ndarray, np.ndarray] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Distance to the template brain (template mm) on the image's :func:`map_grid`.
 
     The template brain's distance map is carried through the affine *and* a SyN refinement
     (local correlation, radius one voxel, at ``REGISTRATION_MM``) computed on the template
     around the face (and ears) region, so the brain guard follows this head's brain shape
-    there rather than the template's. Returns the map and its affine. How far the refined
+    there rather than the template's. ``small``: as for :func:`register_to_template`.
+    Returns the map and its affine. How far the refined
     guard may lie from the affine one is bounded where the mask is made
     (:func:`~bidsreface.deface.mask.face_mask`).
     """
     ants = _seed_ants(seed)
-    fixed, fixed_aff = downsample(template.t1w, template.affine)
-    fixed, fixed_aff = _around_region(fixed, fixed_aff, template, ears, SYN_CONTEXT_MM)
-    moving, moving_aff = downsample(np.asarray(data, dtype=np.float32), affine)
+    fixed, fixed_aff = _around_region(*_template_small(template), template, ears,
+                                      SYN_CONTEXT_MM)
+    moving, moving_aff = small or downsample(np.asarray(data, dtype=np.float32), affine)
     a_fixed = to_ants(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_aff)
     a_moving = to_ants(moving / max(float(np.percentile(moving, 99.5)), 1e-6), moving_aff)
     out_shape, out_aff = map_grid(np.shape(data), affine, registration.matrix, template,

@@ -87,6 +87,18 @@ def uses_gpu(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def brain_threads(settings: Settings) -> int:
+    """Threads of a T1w's brain-mask step: ``--omp-nthreads``, leaving one process to the
+XX
+
+    >>> from dataclasses import replace
+    >>> base = Settings(None, None, "participant", None)
+    >>> [brain_threads(replace(base, nprocs=n, omp_nthreads=min(n, 8))) for n in (1, 2, 4, 16)]
+    [1, 1, 3, 8]
+    """
+    return max(1, min(settings.omp_nthreads, settings.nprocs - 1))
+
+
 def init_participant_wf(subject: str, images: list[AnatImage], settings: Settings,
                         name: str | None = None, fingerprints: dict | None = None,
                         skip: frozenset = frozenset()) -> pe.Workflow:
@@ -182,10 +194,9 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             # T1w
             brain = None
             if image.suffix == REFERENCE_SUFFIX:
-                brain = pe.Node(BrainMask(in_file=str(image.path),
-                                          nthreads=settings.omp_nthreads),
-                                name=f"brainmask_{key}", n_procs=settings.omp_nthreads,
-                                mem_gb=1.5)
+                threads = brain_threads(settings)
+                brain = pe.Node(BrainMask(in_file=str(image.path), nthreads=threads),
+                                name=f"brainmask_{key}", n_procs=threads, mem_gb=1.5)
             elif reference is not None and reference in brains:
                 brain = pe.Node(BrainMask(in_file=str(image.path),
                                           reference_name=reference.path.name),
