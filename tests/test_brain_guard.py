@@ -187,13 +187,13 @@ def test_qc_fails_a_mask_within_the_margin_of_the_own_brain(head, tmp_path):
 
 
 def test_own_brain_gives_the_margin(head):
-    """With the own brain guarding, the carried template brain is kept as it lies and the
+    """With the own brain guarding, the carried template brain keeps a smaller margin and the
     margin is measured from the own brain: the mask is a superset of the one the template
-    brain's margin allows, never inside the carried template brain, and the margin away from
-    the own brain."""
-    from bidsreface.deface.mask import face_mask
+    brain's full margin allows, never within the smaller margin of the carried template
+    brain, and the margin away from the own brain."""
+    from bidsreface.deface.mask import TEMPLATE_MARGIN_WITH_OWN_MM, face_mask
     from bidsreface.deface.template import load_template
-    from bidsreface.qc.metrics import guard_overlap
+    from bidsreface.qc.metrics import guard_margin_mm, guard_overlap
 
     brain, affine, reg = head["brain"], head["affine"], head["reg"]
     distance, template = head["distance"], load_template()
@@ -201,11 +201,13 @@ def test_own_brain_gives_the_margin(head):
                                   brain_distance=distance)
     own, own_info = face_mask(brain.shape, affine, reg.matrix, template,
                               brain_distance=distance, own_brain=brain)
-    assert own_info["template_margin_mm"] == 0 and alone_info["template_margin_mm"] == MARGIN_MM
+    assert own_info["template_margin_mm"] == TEMPLATE_MARGIN_WITH_OWN_MM < MARGIN_MM
+    assert alone_info["template_margin_mm"] == MARGIN_MM
     keeps_no_more = alone & ~own
     assert not (keeps_no_more & ~_own_guard(brain, affine)).any()
     assert own.sum() > alone.sum()
-    assert guard_overlap(own, affine, *distance, 0.0) == 0
+    assert guard_overlap(own, affine, *distance,
+                         guard_margin_mm(reg.matrix, TEMPLATE_MARGIN_WITH_OWN_MM)) == 0
     assert closest_mm(own, brain, affine) > MARGIN_MM
 
 
