@@ -118,30 +118,25 @@ def run_one(path: str, out_dir: str, one_after_the_other: bool) -> None:
     cpus = os.cpu_count() or 1
     settings = Settings(Path(path), Path(out_dir), "participant", Path(out_dir),
                         nprocs=cpus, omp_nthreads=min(cpus, 8))  # the defaults
+    nthreads = settings.omp_nthreads if one_after_the_other else brain_threads(settings)
     t0, c0 = time.perf_counter(), time.process_time()
-    if one_after_the_other:
-        nthreads = settings.omp_nthreads
-        reg, distance = register_file(path, seed=0)
-        t1, c1 = time.perf_counter(), time.process_time()
-        brain_file, _ = brain_mask_file(path, out_dir, nthreads=nthreads)
-        t2, c2 = time.perf_counter(), time.process_time()
-        register_s, register_cpu = t1 - t0, c1 - c0
-        brain_s, brain_cpu = t2 - t1, c2 - c1
-    else:  # as the workflow: the brain mask beside the registration
-        nthreads = brain_threads(settings)
+    if not one_after_the_other:  # as the workflow: the brain mask beside the registration
         ours, theirs = multiprocessing.Pipe(duplex=False)
         child = multiprocessing.get_context("fork").Process(
             target=_brain_step, args=(path, out_dir, nthreads, theirs))
         child.start()
-        reg, distance = register_file(path, seed=0)
-        t1, c1 = time.perf_counter(), time.process_time()
+    reg, distance = register_file(path, seed=0)
+    t1, c1 = time.perf_counter(), time.process_time()
+    if one_after_the_other:
+        brain_file, _ = brain_mask_file(path, out_dir, nthreads=nthreads)
+        brain_s, brain_cpu = time.perf_counter() - t1, time.process_time() - c1
+    else:
         brain_file, brain_s, brain_cpu = ours.recv()
         child.join()
         if child.exitcode != 0:
             raise RuntimeError(f"the brain-mask process failed (exit {child.exitcode})")
-        t2 = time.perf_counter()
-        register_s, register_cpu = t1 - t0, c1 - c0
-        c2 = time.process_time()
+    t2, c2 = time.perf_counter(), time.process_time()
+    register_s, register_cpu = t1 - t0, c1 - c0
     defaced, mask, _ = deface_file(path, reg.matrix, out_dir, brain_margin_mm=5.0,
                                    brain_distance=distance,
                                    own_brain=np.asanyarray(nib.load(brain_file).dataobj) > 0)

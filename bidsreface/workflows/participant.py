@@ -89,7 +89,7 @@ def uses_gpu(device: str) -> bool:
 
 def brain_threads(settings: Settings) -> int:
     """Threads of a T1w's brain-mask step: ``--omp-nthreads``, leaving one process to the
-XX
+    image's registration (ANTs, one thread), which needs nothing from it and runs beside it.
 
     >>> from dataclasses import replace
     >>> base = Settings(None, None, "participant", None)
