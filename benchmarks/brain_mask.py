@@ -38,7 +38,8 @@ def deepbet_mask(img: nb.Nifti1Image) -> tuple[np.ndarray, float]:
 
     data = np.asanyarray(img.dataobj).reshape(img.shape[:3])
     start = time.perf_counter()
-    mask = own_brain_mask(data, img.affine, nthreads=1)
+    # deepbet's own threshold, as the network was compared (the guard takes 0.1)
+    mask = own_brain_mask(data, img.affine, nthreads=1, threshold=0.5)
     return mask, time.perf_counter() - start
 
 

@@ -214,3 +214,16 @@ def test_own_brain_gives_the_margin(head):
     assert guard_overlap(own, affine, *distance,
                          guard_margin_mm(reg.matrix, TEMPLATE_MARGIN_WITH_OWN_MM)) == 0
     assert closest_mm(own, brain, affine) > MARGIN_MM
+
+
+def test_guard_brain_errs_on_the_side_of_brain(head):
+    """The guard's brain (deepbet at the guard's threshold) holds all of deepbet's brain at
+    its own 0.5 threshold, and more: the voxels where the network is unsure."""
+    from bidsreface.deface.brain import GUARD_THRESHOLD, own_brain_mask
+
+    img = nb.load(head["path"])
+    data = np.asanyarray(img.dataobj)
+    at_half = own_brain_mask(data, img.affine, threshold=0.5)
+    assert GUARD_THRESHOLD < 0.5
+    assert not (at_half & ~head["brain"]).any()
+    assert head["brain"].sum() > at_half.sum()

