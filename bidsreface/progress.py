@@ -67,7 +67,7 @@ def work_left(elapsed: float, busy_done: list[float], busy_all: float, total: in
     mask...), so the first images finish late although most of the work is done. Each image
     is taken to need the mean step time of the images done (*busy_done*, seconds); *busy_all*
     is the step time spent so far on every image, done or not; the rate is that over
-    *elapsed*.
+    *elapsed*. :func:`steps_left` is used when the steps an image needs are known.
 
     >>> work_left(600.0, [60.0], 1200.0, 25)   # 1 of 25 done, 1200 of 1500 s of work done
     'about 2 min left'
@@ -80,6 +80,28 @@ def work_left(elapsed: float, busy_done: list[float], busy_all: float, total: in
     if busy_all <= 0 or elapsed <= 0:
         return time_left(elapsed, done, total)
     remaining = max(0.0, sum(busy_done) / done * total - busy_all)
+    return f"about {duration(remaining * elapsed / busy_all)} left"
+
+
+def steps_left(elapsed: float, busy_all: float, step_seconds: dict[str, list[float]],
+               missing: list[set[str]]) -> str:
+    """The time left from the steps the images not done still miss.
+
+    *step_seconds*: the seconds of every finished step, by kind (``register``, ``deface``...);
+    *missing*: for each image not done, the kinds of step it has not finished. Each missing
+    step is taken to need the mean time of its kind; the work left is turned into wall time
+    at the rate of the run so far (*busy_all* seconds of steps in *elapsed*). Unlike the
+    images' mean (:func:`work_left`), this holds when large images, whose first steps are
+    done, finish last.
+
+    >>> steps_left(60.0, 60.0, {"register": [10.0, 10.0, 30.0], "reface": [10.0]},
+    ...            [{"reface"}, {"reface"}])
+    'about 20 s left'
+    """
+    if not missing or busy_all <= 0 or elapsed <= 0:
+        return ""
+    means = {kind: sum(values) / len(values) for kind, values in step_seconds.items() if values}
+    remaining = sum(means.get(kind, 0.0) for kinds in missing for kind in kinds)
     return f"about {duration(remaining * elapsed / busy_all)} left"
 
 
@@ -132,6 +154,8 @@ class Progress:
         self.wall_started = time.time()
         self.node_start: dict[str, float] = {}
         self.busy: dict[AnatImage, float] = {}  # seconds its finished steps ran
+        self.steps: dict[AnatImage, set[str]] = {}  # the kinds of step it finished
+        self.step_seconds: dict[str, list[float]] = {}  # every finished step's, by kind
         self.outcomes: dict[AnatImage, tuple[str, str]] = {}
         self.pending: list[tuple[AnatImage, str]] = []
         self.over = False  # the run is over: no time left to estimate
@@ -158,6 +182,10 @@ class Progress:
             return
         began = self.node_start.pop(node_id, now)
         self.busy[image] = self.busy.get(image, 0.0) + now - began
+        if status == "end":
+            kind = name.partition("_")[0]
+            self.steps.setdefault(image, set()).add(kind)
+            self.step_seconds.setdefault(kind, []).append(now - began)
         if status == "exception":
             reason = self.result_file_reason(node, image)
             if reason is not None:
@@ -233,10 +261,28 @@ class Progress:
             line += f"ok, {duration(seconds)}"
         else:
             line += f"failed: {reason}"
-        busy_done = [self.busy.get(i, 0.0) for i in self.outcomes]
-        left = "" if self.over else work_left(now - self.started_at, busy_done,
-                                               sum(self.busy.values()), self.total)
+        left = "" if self.over else self.time_left(now)
         print(line + (f"; {left}" if left else ""), file=self.stream, flush=True)
+
+    def time_left(self, now: float) -> str:
+        """The time left: from the steps the images not done miss (:func:`steps_left`), the
+        steps an image needs being those that the images done with the same suffix (any
+        image done, when none has it) ran; from the images' mean work (:func:`work_left`)
+        before an image is done."""
+        if len(self.outcomes) >= self.total:
+            return ""
+        elapsed, busy_all = now - self.started_at, sum(self.busy.values())
+        ran = [(image.suffix, self.steps.get(image, set()))
+               for image, (status, _) in self.outcomes.items() if status == "ok"]
+        if not ran:
+            busy_done = [self.busy.get(i, 0.0) for i in self.outcomes]
+            return work_left(elapsed, busy_done, busy_all, self.total)
+        every = set().union(*(kinds for _, kinds in ran))
+        missing = []
+        for image in set(self.nodes.values()) - set(self.outcomes):
+            needs = set().union(*(kinds for suffix, kinds in ran if suffix == image.suffix))
+            missing.append((needs or every) - self.steps.get(image, set()))
+        return steps_left(elapsed, busy_all, self.step_seconds, missing)
 
     def failure(self, image: AnatImage) -> str | None:
         """Why *image* failed in this run (None: it did not, or is not reported yet)."""

@@ -74,9 +74,29 @@ def test_lines_as_images_finish(tmp_path):
     progress(_node(flair, "ds", tmp_path), "end")
     assert stream.getvalue().splitlines()[1] == (
         "bidsreface: [2/3] sub-02 ses-1 run-1 FLAIR: failed: failed QC: a face is still "
-        "detected on the defaced head; about 15 s left")
+        "detected on the defaced head; about 30 s left")  # T2w's 5 s at 5 s per 30 s
     assert progress.failure(flair) == "failed QC: a face is still detected on the defaced head"
     assert progress.failure(t1) is None
+
+
+def test_time_left_when_large_images_finish_last(tmp_path):
+    """Steps run side by side: every registration, then every refacing. The FLAIR's
+    registration took 30 s of the 50 and the first image is done at 60 s: 2 refacings of
+    10 s are left, 20 s at the run's rate, though the done image's work (20 s) times the 3
+    images is already spent."""
+    (t1, t2, flair), progress, stream, clock = _progress(tmp_path)
+    for image, start, end in ((t1, 0, 10), (t2, 10, 20), (flair, 20, 50)):
+        clock.now = start
+        progress(_node(image, "register", tmp_path), "start")
+        clock.now = end
+        progress(_node(image, "register", tmp_path), "end")
+    progress(_node(t1, "reface", tmp_path), "start")
+    clock.now = 60.0
+    progress(_node(t1, "reface", tmp_path), "end")
+    _record(tmp_path / "out", t1, "ok")
+    progress(_node(t1, "ds", tmp_path), "end")
+    assert stream.getvalue().splitlines() == [
+        "bidsreface: [1/3] sub-01 T1w: ok, 20 s; about 20 s left"]
 
 
 def test_failure_reason_from_the_crash_file(tmp_path):
