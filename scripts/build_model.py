@@ -4,7 +4,9 @@ of real heads.
 Usage::
 
     python scripts/build_model.py --heads ../shared/heads [--work DIR] [--nprocs 2] \\
+        [--prior-modes 8] [--prior-scale 1] \\
         [bidsreface-train options: --steps N --resume --threads 2 --window 48 ...]
+    python scripts/build_model.py --heads ../shared/heads --prior-only [--prior-modes 8]
 
 The people are split first (:func:`split_people`): every fourth IXI person in the order of
 their numbers, and every person of ``other/`` (scanned several times), is kept for validation
@@ -13,6 +15,12 @@ functions the participant workflow runs (:mod:`bidsreface.reface.heads`, into
 ``WORK/heads/``, kept for a rerun): the model learns from the masks the App makes. Then
 ``bidsreface-train`` runs on their list (``WORK/heads/heads.tsv``), and the model file, its
 loss log and its summary (with the validation people) are copied into the package.
+
+The model file holds the mean training head on the box and the training heads' main modes of
+variation (``--prior-modes``, principal components, each one standard deviation long): each
+seed draws its own head to draw its face towards (``bidsreface.reface.infer.seeded_prior``).
+``--prior-only`` makes these two again from the training heads and writes them into the
+packaged model file, its generator's weights untouched.
 """
 
 from __future__ import annotations
@@ -70,7 +78,12 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=Path, required=True, help="folder of real heads")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "model")
     p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--prior-modes", type=int, default=8)
+    p.add_argument("--prior-scale", type=float, default=1.0)
+    p.add_argument("--prior-only", action="store_true",
+                   help="only make the packaged model's mean head and modes again")
     args, train_args = p.parse_known_args(argv)
+    train_args += ["--prior-modes", str(args.prior_modes), "--prior-scale", str(args.prior_scale)]
     training, validation = split_people(args.heads)
     print(f"{len(training)} training heads, {len(validation)} validation heads")
     from bidsreface.reface.heads import deface_heads
@@ -80,6 +93,9 @@ def main(argv=None) -> int:
     for row in failed:
         print(f"left out {row['name']}: {row['error']}")
     manifest = args.work / "heads" / "heads.tsv"
+    if args.prior_only:
+        prior_only(manifest, args.work / "run" / "pairs", args.prior_modes, args.prior_scale)
+        return 0
     from bidsreface.reface.train import main as train_main
 
     run_dir = args.work / "run"
@@ -88,6 +104,28 @@ def main(argv=None) -> int:
         return code
     package(run_dir, validation)
     return 0
+
+
+def prior_only(manifest: Path, cache: Path, count: int, scale: float) -> None:
+    """Write the mean of the training heads of ``manifest`` and their ``count`` main modes
+    into the packaged model file (weights untouched) and its summary."""
+    from bidsreface.reface.train import cached_heads, find_inputs, mean_head, prior_modes
+    from bidsreface.reface.weights import load_model, replace_prior
+
+    path = MODELS / "reface_T1w.pt"
+    model = load_model(path)
+    pairs = cached_heads(find_inputs([str(manifest)]), model.box, cache,
+                         seed=int(model.training.get("seed", 1)))
+    mean = mean_head(pairs)
+    change = float(abs(mean - model.prior.numpy()).max())
+    modes = prior_modes(pairs, count, mean)
+    note = {"count": len(modes), "scale": scale, "heads": len(pairs)}
+    sha = replace_prior(path, mean, modes, scale, note)
+    summary = json.loads((MODELS / "reface_T1w.json").read_text())
+    summary.update({"sha256": sha, "prior_modes": note})
+    (MODELS / "reface_T1w.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{len(pairs)} training heads: mean head (changed by at most {change:.4f}) and "
+          f"{len(modes)} modes written to {path}, sha256 {sha}")
 
 
 def package(run_dir: Path, validation: list[Path]) -> None:

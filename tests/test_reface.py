@@ -16,6 +16,7 @@ from bidsreface.reface.infer import (
     generate,
     latent_code,
     reface_file,
+    seeded_prior,
     tile_starts,
     tiled_apply,
 )
@@ -163,6 +164,14 @@ def test_training_runs_checkpoints_and_resumes(tmp_path, defaced_head):
     pairs = [PrivacyPair.load(p) for p in sorted((out / "pairs").glob("*.npz"))]
     assert len(pairs) == 2 and model.truncation == 0.4
     assert np.allclose(model.prior.numpy(), mean_head(pairs), atol=1e-3)
+    # two heads vary about their mean along one mode: one sample standard deviation (n - 1)
+    # of two values is sqrt(2) times half their difference
+    assert model.prior_modes.shape == (1, *model.box.shape) and model.prior_scale == 1.0
+    assert model.training["prior_modes"] == {"count": 1, "scale": 1.0}
+    half = (pairs[0].original - pairs[1].original) / 2
+    fov = (pairs[0].fov > 0.5) & (pairs[1].fov > 0.5)
+    mode = model.prior_modes[0].numpy()
+    assert np.allclose(np.abs(mode[fov]), np.sqrt(2) * np.abs(half[fov]), atol=3e-3)
     assert train_main([*args, "--steps", "5", "--resume"]) == 0
     rows = (out / "loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
@@ -227,9 +236,29 @@ def test_truncation_draws_the_head_towards_the_mean_training_head(defaced_head):
     mean = generate(dataclasses.replace(model, truncation=0.0), inputs, seed=3)
     full = generate(dataclasses.replace(model, truncation=1.0), inputs, seed=3)
     packaged = generate(model, inputs, seed=3)
-    assert np.allclose(mean, model.prior.numpy())
+    assert np.allclose(mean, np.clip(seeded_prior(model, 3), -1, 1))
     assert np.abs(full - mean).mean() > 0.01  # the generator moves away from the mean
-    assert np.allclose(packaged, 0.6 * mean + 0.4 * full, atol=1e-5)
+    free = (np.abs(mean) < 1) & (np.abs(full) < 1)  # neither clipped to the range
+    assert free.mean() > 0.5
+    assert np.allclose(packaged[free], (0.6 * mean + 0.4 * full)[free], atol=1e-5)
+
+
+def test_each_seed_draws_its_own_head_to_draw_the_face_towards():
+    """The packaged model's seeds draw the mean training head along the training heads' 4
+    main modes of variation (orthogonal, the first the widest): the same seed the same head,
+    another seed another, as far apart inside the face box as the modes' spread gives."""
+    model = load_packaged_model("T1w")
+    modes = model.prior_modes.numpy().reshape(len(model.prior_modes), -1)
+    assert modes.shape[0] == 4 and model.training["prior_modes"]["count"] == 4
+    lengths = np.linalg.norm(modes, axis=1)
+    assert (np.diff(lengths) <= 1e-3 * lengths[0]).all()
+    cosines = (modes @ modes.T) / np.outer(lengths, lengths)
+    assert np.abs(cosines - np.eye(len(modes))).max() < 1e-2
+    a, b = seeded_prior(model, 3), seeded_prior(model, 4)
+    assert np.array_equal(a, seeded_prior(model, 3))
+    # two independent draws differ by sqrt(2) times the spread of one
+    spread = np.sqrt((lengths ** 2).sum() * 2) * model.prior_scale
+    assert 0.3 * spread < np.linalg.norm(a - b) < 3 * spread
 
 
 @pytest.mark.parametrize("method", ["cgan", "template"])

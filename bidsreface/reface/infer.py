@@ -136,9 +136,36 @@ def generate(model: Model, inputs: np.ndarray, *, seed: int, device: str = "cpu"
     with torch.no_grad():
         y = tiled_apply(run, x, model.window)[0, 0].cpu().numpy()
     if model.prior is not None:
-        prior = model.prior.numpy()
-        y = prior + model.truncation * (y - prior)
+        y = np.clip(seeded_prior(model, seed)
+                    + model.truncation * (y - model.prior.numpy()), -1.0, 1.0)
     return y
+
+
+#: The stream of a seed's random numbers that draws its prior (the latent code is drawn from
+#: the seed alone, :func:`latent_code`).
+PRIOR_STREAM = 7
+
+
+def seeded_prior(model: Model, seed: int) -> np.ndarray:
+    """The head a seed's face is drawn towards: the mean training head moved along the
+    training heads' main modes of variation by standard normal amounts drawn from the seed
+    (times the model's ``prior_scale``); the mean itself for a model without modes.
+
+    >>> from bidsreface.reface.weights import Model
+    >>> modes = torch.zeros((2, 2, 1, 1)); modes[0, 0] = 0.1; modes[1, 1] = 0.1
+    >>> m = Model("m", "T1w", {}, {}, None, (2, 1, 1), "", "", {}, "privacy",
+    ...           prior=torch.zeros((2, 1, 1)), prior_modes=modes)
+    >>> a, b = seeded_prior(m, 1), seeded_prior(m, 2)
+    >>> bool(np.array_equal(a, seeded_prior(m, 1))), bool(np.array_equal(a, b))
+    (True, False)
+    """
+    prior = model.prior.numpy()
+    if model.prior_modes is None or len(model.prior_modes) == 0:
+        return prior
+    modes = model.prior_modes.numpy()
+    amounts = np.random.default_rng([int(seed), PRIOR_STREAM]).standard_normal(len(modes))
+    return (prior + model.prior_scale
+            * np.tensordot(amounts.astype(np.float32), modes, axes=1)).astype(np.float32)
 
 
 def high_pass(data: np.ndarray, sigma_vox: float = 1.0) -> np.ndarray:

@@ -180,6 +180,38 @@ def mean_head(pairs: list[PrivacyPair]) -> np.ndarray:
     return np.where(weight > 0, total / np.maximum(weight, 1e-6), -1.0).astype(np.float32)
 
 
+def prior_modes(pairs: list[PrivacyPair], count: int, mean: np.ndarray) -> np.ndarray:
+    """The training heads' ``count`` main modes of variation about ``mean`` on the box, each
+    one standard deviation of the heads long (principal components; a voxel outside a head's
+    field of view counts as the mean there). ``(count, *box)`` float32.
+
+    >>> rng = np.random.default_rng(0)
+    >>> pairs = [PrivacyPair(str(i), rng.normal(size=(3, 2, 2)).astype(np.float32),
+    ...                      *[np.ones((3, 2, 2))] * 3) for i in range(6)]
+    >>> mean = mean_head(pairs)
+    >>> flat = prior_modes(pairs, 5, mean).reshape(5, -1)
+    >>> lengths = (flat ** 2).sum(1)
+    >>> bool(abs(flat[0] @ flat[1]) < 1e-4), bool((np.diff(lengths) <= 0).all())
+    (True, True)
+    >>> spread = sum(((p.original - mean) ** 2).sum() for p in pairs) / 5  # all 5 modes
+    >>> bool(np.isclose(lengths.sum(), spread, rtol=1e-4))
+    True
+    """
+    count = min(int(count), len(pairs) - 1)
+    if count <= 0:
+        return np.zeros((0, *mean.shape), np.float32)
+    rows = np.stack([np.where(p.fov > 0.5, p.original, mean) - mean for p in pairs])
+    rows = rows.reshape(len(pairs), -1).astype(np.float64)
+    values, vectors = np.linalg.eigh(rows @ rows.T)  # the heads' Gram matrix
+    order = np.argsort(values)[::-1][:count]
+    values, vectors = np.maximum(values[order], 1e-12), vectors[:, order]
+    # unit component k is rows.T @ v_k / sqrt(value_k); one standard deviation along it is
+    # sqrt(value_k / (heads - 1))
+    modes = (vectors.T @ rows) / np.sqrt(values)[:, None] * np.sqrt(
+        values / (len(pairs) - 1))[:, None]
+    return modes.reshape(count, *mean.shape).astype(np.float32)
+
+
 def encoder_input(head: dict) -> torch.Tensor:
     """What the encoder reads: the real head inside the region, and the region."""
     region = head["region"]
@@ -208,6 +240,11 @@ def parse_args(argv=None):
     p.add_argument("--truncation", type=float, default=0.4,
                    help="share of the generated head's departure from the mean training head "
                         "kept at inference (1: the generator's head as it is)")
+    p.add_argument("--prior-modes", type=int, default=8,
+                   help="main modes of variation of the training heads a seed draws its prior "
+                        "from (0: every seed is drawn towards the mean head)")
+    p.add_argument("--prior-scale", type=float, default=1.0,
+                   help="standard deviations of the training people a seed's prior spans")
     p.add_argument("--encoder-features", type=int, default=8)
     p.add_argument("--disc-features", type=int, default=16)
     p.add_argument("--disc-layers", type=int, default=3)
@@ -242,13 +279,14 @@ LOG_COLUMNS = ("step", "loss_g_adv", "loss_l15", "loss_kl", "loss_latent", "loss
                "seconds")
 
 
-def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, settings,
+def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, modes, settings,
                  step: int) -> tuple[Path, str]:
     """The model file of the generator as it is at ``step``, and its summary."""
     training = {"inputs": [p.name for p in pairs], "steps": step, "lambda_l15": args.lam,
                 "lambda_kl": args.lam_kl, "lambda_latent": args.lam_latent, "lr": args.lr,
                 "seed": args.seed, "window": list(window), "objective": "cvae-gan",
                 "prior": "mean of the training heads", "truncation": args.truncation,
+                "prior_modes": {"count": len(modes), "scale": args.prior_scale},
                 "augmentation": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in asdict(settings).items()},
                 "encoder": {"features": args.encoder_features},
@@ -256,7 +294,8 @@ def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, set
     model_file = out / args.model_file
     sha = save_model(model_file, netg, gen_args, box, window, name=args.name,
                      conditioning="privacy", training=training, prior=prior,
-                     truncation=args.truncation)
+                     truncation=args.truncation, prior_modes=torch.from_numpy(modes),
+                     prior_scale=args.prior_scale)
     (out / "model.json").write_text(json.dumps({"file": model_file.name, "sha256": sha,
                                                 "box": box.to_dict(), **training}, indent=2))
     return model_file, sha
@@ -281,6 +320,7 @@ def train(args) -> Path:
                 box.spacing, window)
     tensors = [_to_tensors(p) for p in pairs]
     prior = torch.from_numpy(mean_head(pairs))
+    modes = prior_modes(pairs, args.prior_modes, prior.numpy())
     gen_args = {"in_channels": len(CHANNELS), "out_channels": 1, "features": args.features,
                 "depth": args.depth, "residual_blocks": args.residual_blocks, "dropout": 0.0,
                 "latent_dim": args.latent_dim}
@@ -364,11 +404,12 @@ def train(args) -> Path:
                 "opt_d": opt_d.state_dict(), "step": step, "rng": rng.get_state(),
                 "torch_rng": torch.get_rng_state()})
             # a stopped run leaves a usable model of its last checkpoint
-            _write_model(out, args, netg, gen_args, box, window, pairs, prior, settings, step)
+            _write_model(out, args, netg, gen_args, box, window, pairs, prior, modes, settings,
+                         step)
             LOGGER.info("step %d: adv %.3f l1.5 %.4f kl %.2f d %.3f", step, loss_adv.item(),
                         loss_rec.item(), loss_kl.item(), loss_d.item())
     model_file, sha = _write_model(out, args, netg, gen_args, box, window, pairs, prior,
-                                   settings, step)
+                                   modes, settings, step)
     LOGGER.info("wrote %s (sha256 %s)", model_file, sha)
     return model_file
 

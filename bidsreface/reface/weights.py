@@ -43,6 +43,12 @@ class Model:
     #: generated head's departure from it that inference keeps (1: all of it)
     prior: torch.Tensor | None = None
     truncation: float = 1.0
+    #: the training heads' main modes of variation about that mean, ``(K, *box.shape)``, each
+    #: one standard deviation of the training people long: a seed draws its own prior from
+    #: them (:func:`bidsreface.reface.infer.seeded_prior`), ``prior_scale`` standard
+    #: deviations wide
+    prior_modes: torch.Tensor | None = None
+    prior_scale: float = 1.0
 
     def generator(self, device: str | torch.device = "cpu") -> Generator:
         net = Generator(**self.generator_args)
@@ -53,8 +59,9 @@ class Model:
 def save_model(path: str | Path, generator: Generator, generator_args: dict, box: FaceBox,
                window: tuple[int, int, int], *, name: str, contrast: str = "T1w",
                conditioning: str = "defaced", training: dict | None = None,
-               prior: torch.Tensor | None = None, truncation: float = 1.0) -> str:
-    """Write a model file (fp16 weights and prior); returns its sha256."""
+               prior: torch.Tensor | None = None, truncation: float = 1.0,
+               prior_modes: torch.Tensor | None = None, prior_scale: float = 1.0) -> str:
+    """Write a model file (fp16 weights, prior and its modes); returns its sha256."""
     content = {
         "format": FORMAT,
         "name": name,
@@ -72,11 +79,31 @@ def save_model(path: str | Path, generator: Generator, generator_args: dict, box
     if prior is not None:
         content["prior"] = torch.as_tensor(prior).detach().to("cpu", torch.float16)
         content["truncation"] = float(truncation)
+        if prior_modes is not None:
+            content["prior_modes"] = torch.as_tensor(prior_modes).detach().to("cpu",
+                                                                             torch.float16)
+            content["prior_scale"] = float(prior_scale)
+    return _write(path, content)
+
+
+def _write(path: str | Path, content: dict) -> str:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(content, tmp)
     tmp.replace(path)
     return file_sha256(path)
+
+
+def replace_prior(path: str | Path, prior, prior_modes, prior_scale: float,
+                  note: dict) -> str:
+    """Rewrite a model file with another prior and modes, its weights untouched; ``note``
+    joins its training summary (``training["prior_modes"]``). Returns the new sha256."""
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    content["prior"] = torch.as_tensor(prior).to("cpu", torch.float16)
+    content["prior_modes"] = torch.as_tensor(prior_modes).to("cpu", torch.float16)
+    content["prior_scale"] = float(prior_scale)
+    content["training"] = {**content.get("training", {}), "prior_modes": note}
+    return _write(path, content)
 
 
 def load_model(path: str | Path) -> Model:
@@ -94,7 +121,10 @@ def load_model(path: str | Path) -> Model:
                  sha256=file_sha256(path), path=str(path), training=content["training"],
                  conditioning=content.get("conditioning", "defaced"),
                  prior=(content["prior"].float() if "prior" in content else None),
-                 truncation=float(content.get("truncation", 1.0)))
+                 truncation=float(content.get("truncation", 1.0)),
+                 prior_modes=(content["prior_modes"].float() if "prior_modes" in content
+                              else None),
+                 prior_scale=float(content.get("prior_scale", 1.0)))
 
 
 def packaged_model_path(contrast: str) -> Path | None:
