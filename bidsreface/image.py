@@ -155,6 +155,17 @@ def stored_values(path: str | Path) -> np.ndarray:
     return np.asanyarray(raw.dataobj.get_unscaled()).reshape(raw.shape[:3])
 
 
+def in_memory(path: str | Path) -> nb.Nifti1Image:
+    """A single-file NIfTI-1 or NIfTI-2 image read (and decompressed) once into memory: its
+    values and its stored values (``dataobj.get_unscaled()``) then come without a second
+    read."""
+    content = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        content = gzip.decompress(content)
+    nifti2 = 540 in (int.from_bytes(content[:4], "little"), int.from_bytes(content[:4], "big"))
+    return (nb.Nifti2Image if nifti2 else nb.Nifti1Image).from_bytes(content)
+
+
 def header_identifiers(path: str | Path) -> dict:
     """What of a file's header can identify a person or a site and is not kept in outputs: its
     extensions (code and name) and its non-empty free-text fields (:data:`TEXT_FIELDS`)."""

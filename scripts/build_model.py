@@ -4,9 +4,9 @@ of real heads.
 Usage::
 
     python scripts/build_model.py --heads ../shared/heads [--work DIR] [--nprocs 2] \\
-        [--prior-modes 8] [--prior-scale 1] \\
+        [--prior-modes 4] [--prior-scale 1] \\
         [bidsreface-train options: --steps N --resume --threads 2 --window 48 ...]
-    python scripts/build_model.py --heads ../shared/heads --prior-only [--prior-modes 8]
+    python scripts/build_model.py --heads ../shared/heads --prior-only [--prior-modes 4]
 
 The people are split first (:func:`split_people`): every fourth IXI person in the order of
 their numbers, and every person of ``other/`` (scanned several times), is kept for validation
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=Path, required=True, help="folder of real heads")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "model")
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--prior-modes", type=int, default=8)
+    p.add_argument("--prior-modes", type=int, default=4)
     p.add_argument("--prior-scale", type=float, default=1.0)
     p.add_argument("--prior-only", action="store_true",
                    help="only make the packaged model's mean head and modes again")

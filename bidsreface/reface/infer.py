@@ -10,7 +10,6 @@ seed another one. The image's own noise is then matched inside the region
 
 from __future__ import annotations
 
-import gzip
 import itertools
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from scipy import ndimage
 
 from ..deface.register import otsu
 from ..deface.template import load_template
-from ..image import background_value, read_header, save_like, to_stored
+from ..image import background_value, in_memory, read_header, save_like, to_stored
 from .data import box_inputs
 from .privacy import privacy_inputs, template_brain_native
 from .space import Scaling, crop_affine, mask_box, sample_from_box
@@ -295,15 +294,6 @@ def clean_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, background
         head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
     keep = head[sub_mask] & filled[sub_mask]
     return np.where(keep, values, background)
-
-
-def in_memory(path: str | Path) -> nb.Nifti1Image:
-    """A single-file NIfTI-1 or NIfTI-2 image read (and decompressed) once into memory."""
-    content = Path(path).read_bytes()
-    if str(path).endswith(".gz"):
-        content = gzip.decompress(content)
-    nifti2 = 540 in (int.from_bytes(content[:4], "little"), int.from_bytes(content[:4], "big"))
-    return (nb.Nifti2Image if nifti2 else nb.Nifti1Image).from_bytes(content)
 
 
 def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_file: str | Path,

@@ -240,7 +240,7 @@ def parse_args(argv=None):
     p.add_argument("--truncation", type=float, default=0.4,
                    help="share of the generated head's departure from the mean training head "
                         "kept at inference (1: the generator's head as it is)")
-    p.add_argument("--prior-modes", type=int, default=8,
+    p.add_argument("--prior-modes", type=int, default=4,
                    help="main modes of variation of the training heads a seed draws its prior "
                         "from (0: every seed is drawn towards the mean head)")
     p.add_argument("--prior-scale", type=float, default=1.0,
