@@ -363,3 +363,35 @@ def test_refaced_region_has_the_image_noise(defaced_head, tmp_path):
         data.shape), mask, raw.affine)
     print(figures)
     assert 0.8 <= figures["noise_ratio"] <= 1.25
+
+
+def test_refaced_air_is_noise_like_the_image_air(defaced_head, tmp_path):
+    """The region's air is drawn from the image's own air, not left at one value: its median
+    and spread are those of the original's air in the same region (the held-out head's air is
+    scanner noise), within a third; with the image's noise not matched it stays one value
+    (the background)."""
+    from bidsreface.deface.register import otsu
+
+    raw = nb.load(defaced_head["raw"])
+    data = raw.get_fdata(dtype=np.float32).reshape(raw.shape[:3])
+    mask = np.asarray(nb.load(defaced_head["mask"]).dataobj).reshape(data.shape) > 0
+    model = load_packaged_model("T1w")
+    runs = {}
+    for matched in (True, False):
+        out, _ = reface_file(defaced_head["defaced"], defaced_head["mask"],
+                             defaced_head["matrix"], model, tmp_path / f"r{matched}.nii.gz",
+                             seed=0, brain_file=defaced_head["brain_file"],
+                             match_image_noise=matched)
+        runs[matched] = nb.load(out).get_fdata(dtype=np.float32).reshape(data.shape)
+    dark = 0.25 * otsu(data[data > np.percentile(data, 2)])
+    original_air = data[mask & (data < dark)]
+    refaced_air = runs[True][mask & (runs[True] < dark)]
+    print(np.percentile(original_air, [25, 50, 75]), np.percentile(refaced_air, [25, 50, 75]))
+    def commonest_share(values):
+        return np.unique(values, return_counts=True)[1].max() / values.size
+
+    assert commonest_share(runs[False][mask & (runs[False] < dark)]) > 0.9
+    assert commonest_share(refaced_air) < 0.1
+    spread = [np.subtract(*np.percentile(v, [75, 25])) for v in (original_air, refaced_air)]
+    assert 0.67 <= spread[1] / spread[0] <= 1.5
+    assert 0.67 <= np.median(refaced_air) / np.median(original_air) <= 1.5

@@ -253,6 +253,43 @@ def match_noise(filled: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
     return np.where(sub_tissue[sub_mask], values + noise, values)
 
 
+#: The stream of a seed's random numbers that draws the region's air (:func:`match_air`).
+AIR_STREAM = 11
+
+
+def match_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, level: float,
+              affine: np.ndarray, seed: int, background: float) -> np.ndarray:
+    """The region's air voxels (``values`` at ``background``, mask order) drawn, seeded, from
+    the image's own air around the region: the voxels outside ``mask`` within about 15 mm
+    that lie below ``level`` and at least 2 voxels from anything above it.
+
+    A scanner's air is noise, not a constant: left at one value, the region's air is a flat
+    patch that the image has nowhere else. Drawn one by one from the image's own air, it has
+    that air's distribution and no spatial pattern of it.
+
+    >>> data = np.random.default_rng(0).uniform(0, 10, (30, 30, 30)).astype(np.float32)
+    >>> mask = np.zeros(data.shape, bool); mask[10:20, 10:20, 10:20] = True
+    >>> new = match_air(np.zeros(1000, np.float32), data, mask, 50.0, np.eye(4), 0, 0.0)
+    >>> bool(new.min() >= 0 and new.max() <= 10 and 4 < new.mean() < 6)
+    True
+    """
+    air = values == background
+    if not air.any():
+        return values
+    box = mask_box(mask, pad=16)
+    sub_data, sub_mask = data[box], mask[box]
+    solid = ndimage.binary_dilation(sub_data > level, iterations=2)
+    around = tissue_near(sub_mask, ~solid, affine)
+    sample = sub_data[around]
+    if sample.size < 100:
+        return values
+    rng = np.random.default_rng([int(seed), AIR_STREAM])
+    drawn = rng.choice(sample.astype(np.float32), size=int(air.sum()))
+    out = values.copy()
+    out[air] = drawn
+    return out
+
+
 #: Generated voxels below this share of the head/air level are air. Measured on the held-out
 #: head: at 1 (the defacer's own level) the dim soft tissue of the lower face is cut into
 #: holes; at 0.5 the face is whole.
@@ -300,7 +337,8 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
               note: str, *, noise_seed: int | None = None) -> tuple[Path, dict]:
     """Write ``defaced_file`` with its mask's voxels replaced by ``values_fn(data, affine,
     mask, background)`` (scaled intensities, mask order), air cleaned; with ``noise_seed``
-    the image's own noise is matched in the region (:func:`match_noise`)."""
+    the image's own noise is matched in the region's tissue (:func:`match_noise`) and its
+    air drawn from the image's own air (:func:`match_air`)."""
     img = in_memory(defaced_file)  # decompressed once for both the values and the stored ones
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(img.shape[:3])
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
@@ -318,6 +356,7 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
             values = np.where(values != background,
                               match_noise(filled, mask_in, filled > level, affine, noise_seed),
                               values)
+            values = match_air(values, data, mask_in, level, affine, noise_seed, background)
     stored = np.array(img.dataobj.get_unscaled()).reshape(img.shape[:3])
     stored[mask] = to_stored(values, read_header(defaced_file))
     filled = int((values != background).sum())
