@@ -65,3 +65,22 @@ class Settings:
     brain_margin_mm: float = 5.0
     keep_nifti_extensions: bool = False
     verbosity: int = 0
+
+
+def participant_seed(seed: int, subject: str) -> int:
+    """The seed a participant's faces are drawn from: the run's ``--random-seed`` and the
+    participant's label, hashed together (the first 31 bits of their sha256).
+
+    Every participant gets a face of their own (one seed for all would draw every face
+    towards the same head), the same in each of their sessions, runs and contrasts; the
+    same run seed gives every participant the same face again.
+
+    >>> participant_seed(0, "01") == participant_seed(0, "01")
+    True
+    >>> len({participant_seed(0, "01"), participant_seed(0, "02"), participant_seed(1, "01")})
+    3
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"bidsreface/{int(seed)}/sub-{subject}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

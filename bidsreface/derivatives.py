@@ -195,8 +195,8 @@ def refaced_sidecar(info: dict, mask_rel: str) -> dict:
                           "Method": info.get("reface_method")}}
     if info.get("reface_method") == "cgan":
         meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled by a "
-                               "3D conditional GAN (dropout on, seeded); every other voxel is "
-                               "the input's.")
+                               "3D conditional GAN, the face drawn from the seed; every other "
+                               "voxel is the input's.")
         meta["RefacedBy"].update(Model=info.get("model"), ModelSHA256=info.get("model_sha256"),
                                  Seed=info.get("seed"))
     else:

@@ -15,6 +15,7 @@ import pytest
 from conftest import checksums
 
 from bidsreface.bids import AnatImage, derivative_path
+from bidsreface.config import participant_seed
 from bidsreface.derivatives import qc_path
 from bidsreface.image import TEXT_FIELDS, background_value, stored_values
 
@@ -108,7 +109,18 @@ def test_defaced_image(run, rel):
     sidecar = json.loads(derivative_path(run["out"], image, desc="refaced",
                                          extension=".json").read_text())
     assert sidecar["RefacedBy"]["ModelSHA256"] == record["reface"]["model_sha256"]
+    # each participant's face is drawn from a seed of their own
+    assert sidecar["RefacedBy"]["Seed"] == participant_seed(0, image.subject)
     assert "AcquisitionDateTime" not in sidecar and sidecar["Sources"]
+
+
+def test_each_participant_gets_a_face_of_their_own(run):
+    seeds = {}
+    for sidecar in run["out"].rglob("*_desc-refaced_T1w.json"):
+        subject = sidecar.name.split("_")[0]
+        seeds.setdefault(subject, set()).add(json.loads(sidecar.read_text())["RefacedBy"]["Seed"])
+    assert len(seeds) >= 2 and all(len(s) == 1 for s in seeds.values())
+    assert len({s for found in seeds.values() for s in found}) == len(seeds)
 
 
 def test_sidecars_scrubbed(run):

@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                       help="where the generator runs")
     perf.add_argument("--random-seed", type=_seed, default=0, metavar="SEED",
-                      help="seed of every random generator")
+                      help="seed of every random generator; each participant's face is drawn "
+                      "from it and the participant's label")
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--export-bids", type=_abspath, metavar="DIR",

@@ -7,7 +7,7 @@ import re
 from nipype.pipeline import engine as pe
 
 from ..bids import AnatImage
-from ..config import OUTPUT_SETTINGS, Settings
+from ..config import OUTPUT_SETTINGS, Settings, participant_seed
 
 REFERENCE_SUFFIX = "T1w"
 
@@ -252,7 +252,9 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
         method, model = reface_plan(image, settings)
         if method != "none":
             reface = pe.Node(
-                RefaceImage(method=method, seed=settings.random_seed, device=settings.device,
+                RefaceImage(method=method,
+                            seed=participant_seed(settings.random_seed, image.subject),
+                            device=settings.device,
                             use_gpu=method == "cgan" and uses_gpu(settings.device),
                             **({"model_file": model} if model else {})),
                 name=f"reface_{key}", mem_gb=2.0)
