@@ -13,7 +13,8 @@ packaged one) and by the template's face, seed 0. Per probe kind: faces detected
 identification rate, ROC-AUC, EER and linkability (:mod:`bidsreface.qc.audit`), with the
 chance rank-1 (1 / people in the gallery). Then, per model, how different the faces of
 different seeds are (``--seeds`` seeds on the first ``--seed-people`` images) against how
-different two real people are (pairs of the originals). Renders and embeddings stay in
+different two real people are (pairs of the originals), and how different the faces one
+seed gives two people are. Renders and embeddings stay in
 memory; only distances are printed.
 """
 
@@ -98,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: faces of different seeds of one image ({len(pairs)} pairs): "
                       f"distance median {np.median(pairs):.3f} ({np.percentile(pairs, 10):.3f}-"
                       f"{np.percentile(pairs, 90):.3f})")
+            # the same seed on two people: how alike the model's faces are whoever they replace
+            people = [embedding_distance(faces[ra["name"]][0], faces[rb["name"]][0])
+                      for ra, rb in itertools.combinations(chosen, 2)
+                      if ra["person"] != rb["person"] and faces[ra["name"]][0] is not None
+                      and faces[rb["name"]][0] is not None]
+            if people:
+                print(f"{label}: faces of two people, seed 0 ({len(people)} pairs): "
+                      f"distance median {np.median(people):.3f} ({np.percentile(people, 10):.3f}-"
+                      f"{np.percentile(people, 90):.3f})")
     return 0
 
 
