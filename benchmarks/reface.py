@@ -30,7 +30,7 @@ TARGET_SECONDS = 5.0
 #: The steps of a run timed with ``--steps``: functions looked up in ``bidsreface.reface.infer``
 #: when it calls them.
 STEPS = ("in_memory", "privacy_inputs", "generate", "sample_from_box", "air_level",
-         "clean_air", "match_noise", "save_like")
+         "clean_air", "match_noise", "match_air", "save_like")
 
 
 def defaced_head(work: Path) -> dict:
