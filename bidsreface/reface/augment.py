@@ -54,11 +54,12 @@ def jitter_field(shape: tuple, degrees: float, shift: float, gen: torch.Generato
     return moved - grid + _uniform(gen, -shift, shift, (3,)).view(3, 1, 1, 1)
 
 
-def warp(volumes: torch.Tensor, displacement: torch.Tensor, padding: torch.Tensor | None = None,
-         ) -> torch.Tensor:
+def warp(volumes: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     """Sample ``volumes`` (C, *shape) at ``x + displacement(x)`` (voxels, (3, *shape)).
 
-    Outside the box a channel takes its ``padding`` value (default 0).
+    Where the field pulls from outside the box, each channel takes its value at the box's
+    nearest edge: the box is a window onto a head that goes on beyond it, so tissue cut by
+    the box's edge stays tissue (not air) and a mask stays as it is there.
     """
     shape = volumes.shape[1:]
     grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32,
@@ -67,11 +68,8 @@ def warp(volumes: torch.Tensor, displacement: torch.Tensor, padding: torch.Tenso
     sizes = torch.tensor([n - 1 for n in shape], dtype=torch.float32,
                          device=volumes.device).view(3, 1, 1, 1)
     norm = (2 * grid / sizes - 1).flip(0).permute(1, 2, 3, 0)[None]  # (1, *shape, xyz)
-    pad = torch.zeros(volumes.shape[0], device=volumes.device) if padding is None else padding
-    pad = pad.view(-1, 1, 1, 1)
-    out = F.grid_sample((volumes - pad)[None], norm, mode="bilinear", padding_mode="zeros",
-                        align_corners=True)[0]
-    return out + pad
+    return F.grid_sample(volumes[None], norm, mode="bilinear", padding_mode="border",
+                         align_corners=True)[0]
 
 
 def augment_intensity(head: torch.Tensor, settings: AugmentSettings, gen: torch.Generator,
@@ -97,9 +95,8 @@ def augment_head(pair: dict, settings: AugmentSettings, gen: torch.Generator) ->
     keys = list(pair)
     stack = torch.stack([pair[k] for k in keys])
     shape = tuple(stack.shape[1:])
-    padding = torch.tensor([-1.0 if k == "original" else 0.0 for k in keys])
     displacement = (smooth_field(shape, settings.deform_vox, settings.deform_control, gen)
                     + jitter_field(shape, settings.jitter_deg, settings.jitter_vox, gen))
-    stack = warp(stack, displacement, padding)
+    stack = warp(stack, displacement)
     return {k: (augment_intensity(v, settings, gen) if k == "original" else v.clamp(0, 1))
             for k, v in zip(keys, stack, strict=True)}
