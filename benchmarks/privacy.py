@@ -3,19 +3,21 @@
 Usage::
 
     python benchmarks/privacy.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
-        [--seeds 3] [--seed-people 12] [--limit N]
+        [--seeds 3] [--seed-people 12] [--limit N] [--view-deg 30]
 
 On the validation people of ``HEADS_DIR`` (``benchmarks/validation.py``; none of them reached
 the model's training), the gallery holds a frontal render of each original; the probes are:
 the original turned by 6 degrees (the control: it shows the instrument re-identifies at this
 resolution), the defaced image, and the image refaced by each model given (default: the
-packaged one) and by the template's face, seed 0. Per probe kind: faces detected, rank-1
-identification rate, ROC-AUC, EER and linkability (:mod:`bidsreface.qc.audit`), with the
-chance rank-1 (1 / people in the gallery). Then, per model, how different the faces of
-different seeds are (``--seeds`` seeds on the first ``--seed-people`` images) against how
-different two real people are (pairs of the originals), and how different the faces one
-seed gives two people are. Renders and embeddings stay in
-memory; only distances are printed.
+packaged one) and by the template's face, seed 0. With ``--view-deg`` every probe (the
+original too, in place of the 6 degrees) is rendered turned by that many degrees, so that
+the ears and the head's outline, which the defacer keeps, show more. Per probe kind: faces
+detected, rank-1 identification rate, ROC-AUC, EER and linkability
+(:mod:`bidsreface.qc.audit`), with the chance rank-1 (1 / people in the gallery). Then, per
+model, how different the faces of different seeds are (``--seeds`` seeds on the first
+``--seed-people`` images) against how different two real people are (pairs of the
+originals), and how different the faces one seed gives two people are. Renders and
+embeddings stay in memory; only distances are printed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-people", type=int, default=12)
+    parser.add_argument("--view-deg", type=float, default=0.0,
+                        help="render every probe turned by this many degrees (the gallery "
+                        "stays frontal): the ears and the head's outline show more")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     from bidsreface.qc.audit import AuditImage, face_of, run_audit
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 outputs[name][label] = path
         images = [AuditImage(source=r["rel"], participant=r["person"], original=r["original"],
                              outputs=outputs[r["name"]], matrix=r["matrix"]) for r in ok]
-        audit = run_audit(images, ("original", "defaced", *methods))
+        audit = run_audit(images, ("original", "defaced", *methods), view_deg=args.view_deg)
         people = len({r["person"] for r in ok if r["rel"] in audit["gallery"]})
         print(f"{len(ok)} validation images of {len({r['person'] for r in ok})} people; "
               f"gallery {len(audit['gallery'])} images of {people} people "
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
               f"chance rank-1 {1 / max(people, 1):.3f}")
         print(f"{'probe':<34}{'faces':>9}{'rank-1':>8}{'ROC-AUC':>9}{'EER':>7}{'link':>7}")
         for condition, s in audit["summary"].items():
-            label = "original turned 6 deg (control)" if condition == "original" else condition
+            label = (f"original turned {audit['pose_deg']:g} deg (control)"
+                     if condition == "original" else condition)
 
             def fmt(v):
                 return "   -" if v is None else f"{v:.3f}"

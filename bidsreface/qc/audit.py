@@ -217,11 +217,14 @@ def distance_matrix(probes: list, gallery: list) -> np.ndarray:
         len(probes), len(gallery))
 
 
-def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS) -> dict:
+def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS, *,
+              view_deg: float = 0.0) -> dict:
     """The re-identification audit of *images*, in memory.
 
     *conditions* are ``original`` (the originals turned, the reference) and the keys of the
-    images' ``outputs`` to probe with.
+    images' ``outputs`` to probe with. The gallery is rendered from the front; with
+    *view_deg* every probe is rendered turned by that many degrees (the originals too, in
+    place of :data:`POSE_DEG`), so that the ears and the head's outline show more.
 
     Returns
     -------
@@ -246,9 +249,11 @@ def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS
         probes, sources, ids = [], [], []
         for image in images:
             if condition == "original":
-                probes.append(face_of(image.original, turned(image.matrix)))
+                probes.append(face_of(image.original,
+                                      turned(image.matrix, view_deg or POSE_DEG)))
             elif condition in image.outputs:
-                probes.append(face_of(image.outputs[condition], image.matrix))
+                probes.append(face_of(image.outputs[condition], turned(image.matrix, view_deg)
+                                      if view_deg else image.matrix))
             else:
                 continue
             sources.append(image.source)
@@ -281,7 +286,7 @@ def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS
     del gallery
     return {"summary": summary, "probes": rows, "gallery": gallery_sources,
             "left_out": left_out, "same_face_distance": SAME_FACE_DISTANCE,
-            "pose_deg": POSE_DEG}
+            "pose_deg": view_deg or POSE_DEG}
 
 
 def audit_images(records: list[dict], bids_dir: Path, output_dir: Path) -> list[AuditImage]:
