@@ -252,8 +252,8 @@ def run_audit(images: list[AuditImage], conditions: tuple[str, ...] = CONDITIONS
                 probes.append(face_of(image.original,
                                       turned(image.matrix, view_deg or POSE_DEG)))
             elif condition in image.outputs:
-                probes.append(face_of(image.outputs[condition], turned(image.matrix, view_deg)
-                                      if view_deg else image.matrix))
+                probes.append(face_of(image.outputs[condition],
+                                      turned(image.matrix, view_deg)))
             else:
                 continue
             sources.append(image.source)

@@ -261,7 +261,7 @@ def match_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, level: flo
               affine: np.ndarray, seed: int, background: float) -> np.ndarray:
     """The region's air voxels (``values`` at ``background``, mask order) drawn, seeded, from
     the image's own air around the region: the voxels outside ``mask`` within about 15 mm
-    that lie below ``level`` and at least 2 voxels from anything above it.
+    (and 12 voxels) that lie below ``level`` and at least 2 voxels from anything above it.
 
     A scanner's air is noise, not a constant: left at one value, the region's air is a flat
     patch that the image has nowhere else. Drawn one by one from the image's own air, it has
@@ -276,11 +276,10 @@ def match_air(values: np.ndarray, data: np.ndarray, mask: np.ndarray, level: flo
     air = values == background
     if not air.any():
         return values
-    box = mask_box(mask, pad=16)
+    box = mask_box(mask, pad=12)
     sub_data, sub_mask = data[box], mask[box]
     solid = ndimage.binary_dilation(sub_data > level, iterations=2)
-    around = tissue_near(sub_mask, ~solid, affine)
-    sample = sub_data[around]
+    sample = sub_data[tissue_near(sub_mask, ~solid, affine)]  # the air near the region
     if sample.size < 100:
         return values
     rng = np.random.default_rng([int(seed), AIR_STREAM])
@@ -344,7 +343,8 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
     mask = np.asarray(nb.load(mask_file).dataobj).reshape(img.shape[:3]) > 0
     background = float(background_value(data))
     values = values_fn(data, img.affine, mask, background)
-    # air cleaning and noise matching look at most 10 voxels around the mask: crop to it
+    # air cleaning, noise matching and air drawing look at most 12 voxels around the mask:
+    # crop to it
     crop = mask_box(mask, pad=12)
     if crop is not None:
         level = background + AIR_FRACTION * (air_level(data, background) - background)
