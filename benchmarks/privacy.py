@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_template:
         methods["template"] = "template"
     with tempfile.TemporaryDirectory(prefix="bidsreface-privacy-") as tmp:
-        rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit)
+        rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit,
+                       args.region)
         ok = [r for r in rows if r["status"] == "ok"]
         outputs = {r["name"]: {"defaced": r["defaced"]} for r in ok}
         for label, method in methods.items():

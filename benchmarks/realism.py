@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/realism.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
-        [--without-noise] [--limit N]
+        [--without-noise] [--limit N] [--region head]
 
 On the validation people of ``HEADS_DIR`` (see ``benchmarks/validation.py``), each image's
 defaced head is refaced by every model given (default: the packaged one, as ``packaged``) and
 by the template's face (``template``), seed 0, and compared with its original inside the
 deface mask (:mod:`bidsreface.qc.realism`): histogram distance (target <= 0.05), dark share
-ratio (0.7-1.3), gradient magnitude ratio (0.8-1.25) and noise ratio (0.8-1.25). Downstream:
+ratio (0.7-1.3), gradient magnitude ratio (0.8-1.25), noise ratio (0.8-1.25, against the
+tissue around the region) and the noise against the original's in the region (``n/orig``,
+0.8-1.25). Downstream:
 the brain mask network (deepbet, as bidsreface runs it) on the refaced image against its
 mask of the original (the one its defacing used): Dice (target median >= 0.99) and volume
 difference (median |difference| <= 1 %). One row per image and method, then the medians
@@ -35,6 +37,7 @@ from validation import methods as chosen_methods  # noqa: E402
 
 TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
            "gradient_ratio": (0.8, 1.25), "noise_ratio": (0.8, 1.25),
+           "noise_vs_original": (0.8, 1.25),
            "brain_dice": (0.99, 1.0), "brain_volume_pct": (-1.0, 1.0)}
 
 
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     methods.update(noiseless)
     results = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-realism-") as tmp:
-        rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit)
+        rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit,
+                       args.region)
         ok = [r for r in rows if r["status"] == "ok"]
         print(f"{len(ok)} validation images ({len(rows) - len(ok)} without outputs)")
         for label, method in methods.items():
@@ -82,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"image": row["rel"], "method": label,
                                 "voxel_mm": float(np.mean(zooms)), **figures})
     print(f"{'image':<44}{'method':<12}{'mm':>5}{'hist':>8}{'dark o/r':>14}{'dark':>7}"
-          f"{'grad':>7}{'noise':>7}{'Dice':>8}{'vol %':>8}")
+          f"{'grad':>7}{'noise':>7}{'n/orig':>7}{'Dice':>8}{'vol %':>8}")
     for r in results:
         print(f"{r['image'][:43]:<44}{r['method']:<12}{r['voxel_mm']:>5.2f}"
               f"{r['histogram_distance']:>8.3f}"
               f"{r['dark_share_original']:>7.3f}/{r['dark_share_refaced']:<6.3f}"
               f"{r['dark_ratio']:>7.2f}{r['gradient_ratio']:>7.2f}{r['noise_ratio']:>7.2f}"
-              f"{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
+              f"{r['noise_vs_original']:>7.2f}{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
     print("\nmedian [images within target / images]")
     for group, test in (("finer than 1.5 mm", lambda r: r["voxel_mm"] < 1.5),
                         ("1.5 mm and coarser", lambda r: r["voxel_mm"] >= 1.5)):
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 values = np.array([r[key] for r in chosen], dtype=float)
                 within = int(np.sum((values >= lo) & (values <= hi)))
                 median = np.nanmedian(np.abs(values) if key == "brain_volume_pct" else values)
-                parts.append(f"{key.split('_')[0]}{'|vol|' if 'volume' in key else ''} "
+                name = "noise/orig" if key == "noise_vs_original" else key.split("_")[0]
+                parts.append(f"{name}{'|vol|' if 'volume' in key else ''} "
                              f"{median:.3f} [{within}/{len(values)}]")
             print(f"  {group:<20}{label:<12}" + "  ".join(parts))
     return 0

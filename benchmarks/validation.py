@@ -30,28 +30,40 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-template", action="store_true")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--region", choices=("face", "head"), default="face",
+                        help="the region removed and refaced: the face, or the whole "
+                             "non-brain head (--reface-region head)")
 
 
 def methods(args) -> dict:
-    """``{label: model file}`` from ``--model`` (default: the packaged model, ``packaged``)."""
+    """``{label: model file}`` from ``--model`` (default: the packaged model of the region,
+    ``packaged``)."""
     from bidsreface.reface.weights import packaged_model_path
 
     return dict(m.split("=", 1) for m in args.model) or {
-        "packaged": str(packaged_model_path("T1w"))}
+        "packaged": str(packaged_model_path("T1w", args.region))}
 
 
 def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
-            limit: int | None = None) -> list[dict]:
+            limit: int | None = None, region: str = "face") -> list[dict]:
     """One dict per validation image: ``name``, ``person``, ``rel`` (a key), ``original``,
     ``defaced``, ``mask``, ``matrix`` (array), ``brain``, ``status`` (``ok`` or the reason it
-    failed)."""
+    failed). With ``region`` ``head`` the mask and the defaced image are those of the whole
+    non-brain head (:func:`bidsreface.reface.heads.head_region_row`, as the head model's
+    training heads were made)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     import numpy as np
 
-    from bidsreface.reface.heads import deface_heads, head_key
+    from bidsreface.reface.heads import deface_heads, head_key, head_region_row
 
     _, validation = split_people(heads_dir)
     validation = validation[:limit] if limit else validation
     rows = deface_heads(validation, prepared or tmp / "prepared", nprocs=nprocs)
+    if region == "head":
+        with ProcessPoolExecutor(max(1, nprocs)) as pool:
+            made = iter(pool.map(head_region_row, [r for r in rows if "error" not in r]))
+        rows = [r if "error" in r else next(made) for r in rows]
     out = []
     for path, row in zip(validation, rows, strict=True):
         base = {"name": path.name, "person": person_of(path), "rel": head_key(path),

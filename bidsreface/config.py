@@ -34,7 +34,7 @@ IDENTIFYING_FIELDS = (
 
 #: Settings that change what is written for an image (the rest are resources and selection):
 #: recorded with each image's outputs and part of its fingerprint (:mod:`bidsreface.resume`).
-OUTPUT_SETTINGS = ("deface_ears", "brain_margin_mm", "reface", "random_seed",
+OUTPUT_SETTINGS = ("deface_ears", "reface_region", "brain_margin_mm", "reface", "random_seed",
                    "keep_nifti_extensions")
 
 
@@ -62,6 +62,9 @@ class Settings:
     use_plugin: dict | None = None
     export_bids: Path | None = None
     deface_ears: bool = False
+    #: what is removed and regenerated: ``face`` (the face region) or ``head`` (the whole
+    #: non-brain head, the brain and its margin kept)
+    reface_region: str = "face"
     brain_margin_mm: float = 5.0
     keep_nifti_extensions: bool = False
     verbosity: int = 0

@@ -194,15 +194,18 @@ def refaced_sidecar(info: dict, mask_rel: str) -> dict:
             "RefacedBy": {"Name": "bidsreface", "Version": __version__,
                           "Method": info.get("reface_method")}}
     if info.get("reface_method") == "cgan":
-        meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled by a "
-                               "3D conditional GAN, the face drawn from the seed; every other "
-                               "voxel is the input's.")
+        region = info.get("reface_region", "face")
+        removed = ("the face" if region == "face"
+                   else "the whole head outside the brain and its margin")
+        meta["Description"] = (f"Defaced by bidsreface ({removed} removed), then the removed "
+                               f"voxels filled by a 3D conditional GAN, the {region} drawn "
+                               f"from the seed; every other voxel is the input's.")
         meta["RefacedBy"].update(Model=info.get("model"), ModelSHA256=info.get("model_sha256"),
-                                 Seed=info.get("seed"))
+                                 Seed=info.get("seed"), Region=region)
     else:
         meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled with the "
-                               "template's face, intensity-matched; every other voxel is the "
-                               "input's.")
+                               "template's, carried by the registration and "
+                               "intensity-matched; every other voxel is the input's.")
     return meta
 
 

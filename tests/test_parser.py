@@ -243,6 +243,20 @@ def test_reface_model_checked_before_the_run(dirs, tmp_path):
              "not a bidsreface model")
 
 
+def test_reface_region_picks_its_model_and_refuses_another_region(dirs):
+    from bidsreface.reface.weights import packaged_model_path
+
+    settings = parse_args(_args(dirs, "--reface-region", "head"))
+    assert settings.reface_region == "head"
+    assert settings.reface_model == packaged_model_path("T1w", "head")
+    assert parse_args(_args(dirs)).reface_model == packaged_model_path("T1w", "face")
+    _refused(_args(dirs, "--reface-region", "head", "--reface-model",
+                   str(packaged_model_path("T1w", "face"))), "fills the face region")
+    _refused(_args(dirs, "--reface-region", "body"), "--reface-region")
+    assert parse_args(_args(dirs, "--reface-region", "head", "--reface",
+                            "template")).reface_model is None
+
+
 def test_argparse_errors_are_usage_errors(dirs, tmp_path):
     _refused(_args(dirs, "--no-such-option"), "--no-such-option")
     _refused([str(tmp_path)], "required")

@@ -181,21 +181,26 @@ def load_plugin(path: Path) -> dict:
     return {"plugin": plugin, "plugin_args": args}
 
 
-def _reface_model(path: Path | None) -> Path:
-    """The T1w model file: the one given, else the packaged one; checked now, not mid-run."""
+def _reface_model(path: Path | None, region: str = "face") -> Path:
+    """The T1w model file: the one given, else the packaged one for ``region``; checked now,
+    not mid-run (a model made for another region is refused)."""
     from bidsreface.reface.weights import load_model, packaged_model_path
 
     if path is None:
-        path = packaged_model_path("T1w")
+        path = packaged_model_path("T1w", region)
         if path is None:
-            raise UsageError("--reface cgan: no T1w refacing model is installed; give one with "
-                             "--reface-model or use --reface template or none")
+            raise UsageError(f"--reface cgan: no T1w refacing model for --reface-region "
+                             f"{region} is installed; give one with --reface-model or use "
+                             f"--reface template or none")
     if not path.is_file():
         raise UsageError(f"--reface-model {path}: no such file")
     try:
-        load_model(path)
+        model = load_model(path)
     except ValueError as err:
         raise UsageError(f"--reface-model {err}") from err
+    if model.region != region:
+        raise UsageError(f"--reface-model {path}: the model fills the {model.region} region, "
+                         f"not the {region} region that --reface-region asks for")
     return path
 
 
@@ -271,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "face, or not at all (defacing only)")
     method.add_argument("--reface-model", type=_abspath, metavar="FILE",
                         help="T1w refacing model file (default: the packaged model)")
+    method.add_argument("--reface-region", choices=("face", "head"), default="face",
+                        help="what is removed and regenerated: the face (and the ears with "
+                             "--deface-ears), or the whole head outside the brain and its "
+                             "margin (scalp, skull, ears, face, the head's outline), as "
+                             "afni_refacer's reface_plus does")
     method.add_argument("--deface-ears", action="store_true", help="remove the ears too")
     method.add_argument("--brain-margin-mm", type=_margin, default=5.0, metavar="MM",
                         help="distance kept between the brain and the face mask (>= 5)")
@@ -329,7 +339,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
     use_plugin = load_plugin(opts.use_plugin) if opts.use_plugin else None
 
-    reface_model = _reface_model(opts.reface_model) if opts.reface == "cgan" else None
+    reface_model = (_reface_model(opts.reface_model, opts.reface_region)
+                    if opts.reface == "cgan" else None)
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
 
@@ -357,6 +368,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         reface=opts.reface,
         reface_model=reface_model,
         deface_ears=opts.deface_ears,
+        reface_region=opts.reface_region,
         brain_margin_mm=opts.brain_margin_mm,
         keep_nifti_extensions=opts.keep_nifti_extensions,
         verbosity=opts.verbosity,

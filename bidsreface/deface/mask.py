@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
@@ -60,27 +62,49 @@ def pull_back(values: np.ndarray, values_affine: np.ndarray, matrix: np.ndarray,
                                     order=order, mode=mode, cval=cval)
 
 
-def region(template: Template, *, ears: bool = False) -> np.ndarray:
-    """The template region to deface: the face, and the ears when asked for."""
+#: Template millimetres the head region reaches beyond the template's head (``head=True``):
+#: the whole outline of a person's head, registered affinely, lies within it.
+HEAD_REGION_MM = 12.0
+
+
+def region(template: Template, *, ears: bool = False, head: bool = False) -> np.ndarray:
+    """The template region to deface: the face, and the ears when asked for; with ``head``
+    the whole head and the air around it (:func:`head_region`), the brain being kept by
+    the guard wherever the region is pulled back."""
+    if head:
+        return head_region(template)
     return template.face | template.ears if ears else template.face
 
 
-def region_corners(template: Template, *, ears: bool = False) -> np.ndarray:
+@lru_cache(maxsize=2)
+def head_region(template: Template) -> np.ndarray:
+    """Every template voxel within :data:`HEAD_REGION_MM` of the template's head, with its
+    face and ears regions: the non-brain shell afni_refacer's reface_plus replaces, reaching
+    far enough into the air that no part of a person's own outline is kept."""
+    iterations = int(np.ceil(HEAD_REGION_MM / template.spacing))
+    grown = ndimage.binary_dilation(template.head, iterations=iterations)
+    return grown | template.face | template.ears
+
+
+def region_corners(template: Template, *, ears: bool = False, head: bool = False,
+                   ) -> np.ndarray:
     """The 8 corners (template voxels) of the box around :func:`region`.
 
-    A side of the region that reaches the template's border (the chin and neck at the bottom)
-    goes on far beyond it, so heads larger than the template's field of view are covered too.
+    A side of the face region that reaches the template's border (the chin and neck at the
+    bottom) goes on far beyond it, so heads larger than the template's field of view are
+    covered too. The head region stops at the template's border (:func:`face_mask`).
     """
-    mask = region(template, ears=ears)
+    mask = region(template, ears=ears, head=head)
     idx = np.argwhere(mask)
-    lows = [-1e3 if v == 0 else v for v in idx.min(0)]
-    highs = [1e3 + n if v == n - 1 else v for v, n in zip(idx.max(0), mask.shape, strict=True)]
+    far = 0 if head else 1e3
+    lows = [-far if v == 0 else v for v in idx.min(0)]
+    highs = [far + n if v == n - 1 else v for v, n in zip(idx.max(0), mask.shape, strict=True)]
     return np.array([[a, b, c] for a in (lows[0], highs[0]) for b in (lows[1], highs[1])
                      for c in (lows[2], highs[2])], dtype=float)
 
 
 def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
-               ears: bool = False, step: int = 4, pad: int = 2):
+               ears: bool = False, head: bool = False, step: int = 4, pad: int = 2):
     """Voxel bounds ``lo, hi`` on a grid of the :func:`region` pulled back through ``matrix``.
 
     The region is sampled every ``step`` voxels of the grid (extended beyond the template's
@@ -89,7 +113,8 @@ def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: T
     """
     coarse_shape = tuple(-(-int(n) // step) for n in shape)
     coarse_affine = affine @ np.diag([step, step, step, 1.0])
-    inside = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
+    inside = pull_back(region(template, ears=ears, head=head).astype(np.uint8),
+                       template.affine, matrix,
                         coarse_shape, coarse_affine, np.zeros(3, int), np.array(coarse_shape),
                         order=0, cval=0.0, mode="nearest") > 0
     if not inside.any():
@@ -141,7 +166,7 @@ def template_guard_margin(brain_margin_mm: float, refined: bool,
 
 
 def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Template, *,
-              ears: bool = False, brain_margin_mm: float = 5.0,
+              ears: bool = False, head: bool = False, brain_margin_mm: float = 5.0,
               brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
               own_brain: np.ndarray | None = None,
               ) -> tuple[np.ndarray, dict]:
@@ -166,7 +191,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
 
     Returns the boolean mask and figures describing it.
     """
-    corners = region_corners(template, ears=ears)
+    corners = region_corners(template, ears=ears, head=head)
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     lo, hi = bounding_box(native_vox, shape)
@@ -178,8 +203,12 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     template_margin_mm, allowance = template_guard_margin(
         brain_margin_mm, brain_distance is not None, own_brain is not None)
     guard_mm = template_margin_mm / s_min + allowance
-    face = pull_back(region(template, ears=ears).astype(np.uint8), template.affine, matrix,
-                      shape, affine, lo, hi, order=0, cval=0.0, mode="nearest") > 0
+    # the face region goes on beyond the template's border; the head region stops there: the
+    # neck below the template's field of view is kept (regenerated, it would be cut off at
+    # the refacing model's box)
+    face = pull_back(region(template, ears=ears, head=head).astype(np.uint8), template.affine,
+                     matrix, shape, affine, lo, hi, order=0, cval=0.0,
+                     mode="constant" if head else "nearest") > 0
     # the distance is needed only where the face region is: sample it there alone
     inside = np.argwhere(face)
 

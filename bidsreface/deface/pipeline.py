@@ -31,11 +31,11 @@ from .register import (
 from .template import load_template
 
 
-def register_file(in_file: str, *, ears: bool = False, seed: int = 0):
+def register_file(in_file: str, *, ears: bool = False, head: bool = False, seed: int = 0):
     """Register an image to the template; raise if the registration fails its check.
 
     Returns the registration and the brain distance map around the face (and ears, with
-    ``ears``) region, on the image's axes (values, affine).
+    ``ears``; the whole head with ``head``) region, on the image's axes (values, affine).
     """
     img = load_image(in_file)
     data = np.asanyarray(img.dataobj)
@@ -44,14 +44,14 @@ def register_file(in_file: str, *, ears: bool = False, seed: int = 0):
     reg = register_to_template(data, img.affine, template, seed=seed, small=small)
     reg.metrics["reference"] = "template"
     require_ok(reg, in_file)
-    distance = brain_distance_map(data, img.affine, template, reg, ears=ears, seed=seed,
-                                  small=small)
+    distance = brain_distance_map(data, img.affine, template, reg, ears=ears, head=head,
+                                  seed=seed, small=small)
     return reg, distance
 
 
 def register_file_to_reference(in_file: str, reference_file: str, reference_matrix: np.ndarray,
                                reference_distance: tuple[np.ndarray, np.ndarray], *,
-                               ears: bool = False, seed: int = 0):
+                               ears: bool = False, head: bool = False, seed: int = 0):
     """Register another contrast rigidly to its session's T1w and chain the T1w's template fit.
 
     The result maps template mm to this image's mm, so the same face mask (and the same brain
@@ -64,7 +64,8 @@ def register_file_to_reference(in_file: str, reference_file: str, reference_matr
     reg = Registration(rigid.matrix @ reference_matrix,
                        {**{f"rigid_{k}": v for k, v in rigid.metrics.items()},
                         "reference": Path(reference_file).name})
-    out_grid = map_grid(img.shape, img.affine, reg.matrix, load_template(), ears=ears)
+    out_grid = map_grid(img.shape, img.affine, reg.matrix, load_template(), ears=ears,
+                        head=head)
     distance = carry_distance_map(*reference_distance, rigid.matrix, out_grid)
     return reg, distance
 
@@ -104,25 +105,34 @@ def carry_brain_mask_file(in_file: str, matrix: np.ndarray, reference_mask_file:
 
 
 def deface_file(in_file: str, matrix: np.ndarray, out_dir: str | Path, *, ears: bool = False,
-                brain_margin_mm: float = 5.0,
+                head: bool = False, brain_margin_mm: float = 5.0,
                 brain_distance: tuple[np.ndarray, np.ndarray] | None = None,
                 own_brain: np.ndarray | None = None,
                 keep_extensions: bool = False) -> tuple[Path, Path, dict]:
     """Deface one image; write the defaced image and its mask into ``out_dir``.
 
     ``own_brain`` is the image's own brain mask (:func:`brain_mask_file`), None to guard the
-    template brain alone. The defaced image keeps the input's header (scaling included)
-    without its free-text fields, and without its extensions unless *keep_extensions*.
+    template brain alone; ``head`` removes the whole non-brain head (the head region of
+    :func:`~bidsreface.deface.mask.region`) instead of the face. The defaced image keeps the
+    input's header (scaling included) without its free-text fields, and without its
+    extensions unless *keep_extensions*.
     Returns the two paths and the mask's figures.
     """
-    stored = stored_values(in_file)  # the file was checked by the registration step
-    affine = nb.load(in_file).affine
-    mask, info = face_mask(stored.shape, affine, matrix, load_template(), ears=ears,
-                           brain_margin_mm=brain_margin_mm, brain_distance=brain_distance,
-                           own_brain=own_brain)
+    img = nb.load(in_file)  # the file was checked by the registration step
+    mask, info = face_mask(img.shape[:3], img.affine, matrix, load_template(), ears=ears,
+                           head=head, brain_margin_mm=brain_margin_mm,
+                           brain_distance=brain_distance, own_brain=own_brain)
     out_dir = Path(out_dir)
-    background = stored_background(stored, read_header(in_file))
-    defaced = save_like(deface(stored, mask, background), in_file, out_dir / "defaced.nii.gz",
-                        "defaced", keep_extensions=keep_extensions)
-    mask_file = save_mask(mask, in_file, out_dir / "defacemask.nii.gz")
+    defaced, mask_file = write_defaced(in_file, mask, out_dir / "defaced.nii.gz",
+                                       out_dir / "defacemask.nii.gz",
+                                       keep_extensions=keep_extensions)
     return defaced, mask_file, info
+
+
+def write_defaced(in_file: str | Path, mask: np.ndarray, out_file: Path, mask_file: Path, *,
+                  keep_extensions: bool = False) -> tuple[Path, Path]:
+    """Write ``in_file`` with ``mask``'s voxels set to its background, and the mask."""
+    stored = stored_values(in_file)
+    defaced = save_like(deface(stored, mask, stored_background(stored, read_header(in_file))),
+                        in_file, out_file, "defaced", keep_extensions=keep_extensions)
+    return defaced, save_mask(mask, in_file, mask_file)

@@ -331,7 +331,7 @@ def register_rigid(moving_data: np.ndarray, moving_affine: np.ndarray, fixed_dat
 
 
 def map_grid(data_shape: tuple, data_affine: np.ndarray, matrix: np.ndarray,
-             template: Template, *, ears: bool = False):
+             template: Template, *, ears: bool = False, head: bool = False):
     """Shape and affine of the brain distance map's grid for an image.
 
     The grid lies on the image's axes at ``DISTANCE_MAP_MM`` and covers only the box around
@@ -339,7 +339,7 @@ def map_grid(data_shape: tuple, data_affine: np.ndarray, matrix: np.ndarray,
     image mm): the guard is looked up nowhere else.
     """
     shape, out_aff, _ = grid(data_shape, data_affine, DISTANCE_MAP_MM)
-    lo, hi = region_box(shape, out_aff, matrix, template, ears=ears)
+    lo, hi = region_box(shape, out_aff, matrix, template, ears=ears, head=head)
     hi = np.maximum(hi, lo + 1)  # a region wholly outside the image: one voxel, unused
     box_aff = out_aff.copy()
     box_aff[:3, 3] = out_aff[:3, :3] @ lo + out_aff[:3, 3]
@@ -347,12 +347,12 @@ def map_grid(data_shape: tuple, data_affine: np.ndarray, matrix: np.ndarray,
 
 
 def _around_region(image: np.ndarray, image_affine: np.ndarray, template: Template,
-                   ears: bool, context_mm: float):
+                   ears: bool, context_mm: float, head: bool = False):
     """Crop an image on the template's axes to the face (and ears) region plus context.
 
     Returns the cropped array and its affine.
     """
-    idx = np.argwhere(region(template, ears=ears))
+    idx = np.argwhere(region(template, ears=ears, head=head))
     mm = nb.affines.apply_affine(template.affine, np.array([idx.min(0), idx.max(0)]))
     # the grids share the template's axes: the two opposite corners bound the box
     vox = nb.affines.apply_affine(np.linalg.inv(image_affine),
@@ -366,6 +366,7 @@ def _around_region(image: np.ndarray, image_affine: np.ndarray, template: Templa
 
 def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
                        registration: Registration, *, ears: bool = False,
+                       head: bool = False,
                        seed: int = 0, small: tuple[np.ndarray, np.ndarray] | None = None,
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Distance to the template brain (template mm) on the image's :func:`map_grid`.
@@ -380,12 +381,12 @@ def brain_distance_map(data: np.ndarray, affine: np.ndarray, template: Template,
     """
     ants = _seed_ants(seed)
     fixed, fixed_aff = _around_region(*_template_small(template), template, ears,
-                                      SYN_CONTEXT_MM)
+                                      SYN_CONTEXT_MM, head=head)
     moving, moving_aff = small or downsample(np.asarray(data, dtype=np.float32), affine)
     a_fixed = to_ants(fixed / max(float(np.percentile(fixed, 99.5)), 1e-6), fixed_aff)
     a_moving = to_ants(moving / max(float(np.percentile(moving, 99.5)), 1e-6), moving_aff)
     out_shape, out_aff = map_grid(np.shape(data), affine, registration.matrix, template,
-                                  ears=ears)
+                                  ears=ears, head=head)
     with tempfile.TemporaryDirectory(prefix="bidsreface-syn-") as tmp:
         init = str(Path(tmp) / "affine.mat")
         _write_matrix(registration.matrix, init)

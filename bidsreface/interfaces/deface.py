@@ -21,6 +21,8 @@ class RegistrationOptions(BaseInterfaceInputSpec):
     reference_matrix = File(exists=True, desc="template -> reference matrix (text)")
     reference_distance = File(exists=True, desc="brain distance map of the reference")
     deface_ears = traits.Bool(False, usedefault=True, desc="guard the ears region too")
+    whole_head = traits.Bool(False, usedefault=True,
+                             desc="the region is the whole non-brain head (--reface-region head)")
     seed = traits.Int(0, usedefault=True)
 
 
@@ -58,10 +60,11 @@ def register_with(in_file: str, inputs) -> tuple:
         ref = nb.load(inputs.reference_distance)
         reg, (distance, affine) = register_file_to_reference(
             in_file, inputs.reference_file, np.loadtxt(inputs.reference_matrix),
-            (ref.get_fdata(), ref.affine), ears=inputs.deface_ears, seed=inputs.seed)
+            (ref.get_fdata(), ref.affine), ears=inputs.deface_ears, head=inputs.whole_head,
+            seed=inputs.seed)
     else:
         reg, (distance, affine) = register_file(in_file, ears=inputs.deface_ears,
-                                                seed=inputs.seed)
+                                                head=inputs.whole_head, seed=inputs.seed)
     return reg, distance, affine
 
 
@@ -129,6 +132,7 @@ class _DefaceInputSpec(BaseInterfaceInputSpec):
     distance_file = File(exists=True, mandatory=True, desc="brain distance map")
     brain_mask_file = File(exists=True, desc="the image's own brain mask (absent: template)")
     deface_ears = traits.Bool(False, usedefault=True)
+    whole_head = traits.Bool(False, usedefault=True, desc="remove the whole non-brain head")
     brain_margin_mm = traits.Float(5.0, usedefault=True)
     keep_extensions = traits.Bool(False, usedefault=True, desc="keep NIfTI header extensions")
 
@@ -156,7 +160,8 @@ class DefaceImage(SimpleInterface):
                      if self.inputs.brain_mask_file else None)
         out, mask, info = deface_file(
             self.inputs.in_file, np.loadtxt(self.inputs.matrix_file), runtime.cwd,
-            ears=self.inputs.deface_ears, brain_margin_mm=self.inputs.brain_margin_mm,
+            ears=self.inputs.deface_ears, head=self.inputs.whole_head,
+            brain_margin_mm=self.inputs.brain_margin_mm,
             brain_distance=(distance.get_fdata(dtype=np.float32), distance.affine),
             own_brain=own_brain, keep_extensions=self.inputs.keep_extensions)
         metrics_file = os.path.join(runtime.cwd, "mask.json")

@@ -16,6 +16,11 @@ of the original image:
     The local noise in the refaced region's tissue (robust spread of the image minus its
     1-voxel Gaussian blur) over that of the image's own tissue within 15 mm around the region:
     a face generated at a coarser resolution and pasted in reads below 1.
+``noise_vs_original``
+    The same local noise of the refaced region's tissue over that of the original's tissue in
+    the same region: where the region's surroundings are mostly brain (the whole-head region),
+    whose folds raise the spread around it, this is the figure that says whether the region's
+    texture is the image's.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ def realism_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
     inside = m & tissue
     noise_out = local_noise(r, around) if around.any() else float("nan")
     noise_in = local_noise(r, inside) if inside.any() else float("nan")
+    inside_o = m & (o > floor + TISSUE_FRACTION * level)
+    noise_o = local_noise(o, inside_o) if inside_o.any() else float("nan")
     return {
         "histogram_distance": round(histogram_distance(o[m], r[m], level), 4),
         "dark_share_original": round(dark_o, 4),
@@ -90,4 +97,5 @@ def realism_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
         "dark_ratio": round(dark_r / dark_o, 3) if dark_o > 0 else float("nan"),
         "gradient_ratio": round(grad_r / grad_o, 3) if grad_o > 0 else float("nan"),
         "noise_ratio": round(noise_in / noise_out, 3) if noise_out > 0 else float("nan"),
+        "noise_vs_original": round(noise_in / noise_o, 3) if noise_o > 0 else float("nan"),
     }

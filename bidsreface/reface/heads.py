@@ -57,6 +57,34 @@ def deface_head(path: Path, out_dir: Path, *, seed: int = 0) -> dict:
     return {**row, **done}
 
 
+def head_region_row(row: dict, *, margin_mm: float = 5.0) -> dict:
+    """A defaced head's row with the whole non-brain head as its region: the deface mask of
+    ``--reface-region head`` made from the kept registration and brain mask, written beside
+    them (``headmask.nii.gz``), and the image defaced by it (``headdefaced.nii.gz``). The
+    template brain's guard is the affine one (the SyN refinement of the first defacing is not
+    kept), the own brain grown by ``margin_mm`` guards as in the App, and the row's face mask
+    (guarded through the SyN refinement) is added: near the nasion the affine guard alone
+    keeps part of the face."""
+    import nibabel as nb
+
+    from ..deface.mask import face_mask
+    from ..deface.pipeline import write_defaced
+    from ..deface.template import load_template
+    from ..image import load_image
+
+    out = Path(row["mask"]).with_name("headmask.nii.gz")
+    defaced = out.with_name("headdefaced.nii.gz")
+    if not (out.exists() and defaced.exists()):
+        img = load_image(row["image"])
+        brain = np.asarray(nb.load(row["brain"]).dataobj).reshape(img.shape[:3]) > 0
+        mask, _ = face_mask(img.shape[:3], img.affine, np.loadtxt(row["matrix"]),
+                            load_template(), head=True, brain_margin_mm=margin_mm,
+                            own_brain=brain)
+        mask |= np.asarray(nb.load(row["mask"]).dataobj).reshape(mask.shape) > 0
+        write_defaced(row["image"], mask, defaced, out)
+    return {**row, "mask": out, "defaced": defaced}
+
+
 def _one(args):
     path, out_dir, seed = args
     return deface_head(path, out_dir, seed=seed)

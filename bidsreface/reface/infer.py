@@ -403,4 +403,5 @@ def reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: np.ndar
                            noise_seed=seed if model.conditioning == "privacy"
                            and match_image_noise else None)
     return path, {"reface_method": "cgan", "model": model.name, "model_sha256": model.sha256,
-                  "conditioning": model.conditioning, "seed": seed, **used, **info}
+                  "conditioning": model.conditioning, "reface_region": model.region,
+                  "seed": seed, **used, **info}

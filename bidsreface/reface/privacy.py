@@ -90,7 +90,9 @@ def privacy_inputs(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
                          f"the image {data.shape}")
     if (brain & region).any():
         raise ValueError("the deface mask overlaps the brain: refusing to read face voxels")
-    background = float(background_value(np.asarray(data)[~region]))
+    # the whole image's: the defaced image holds it in the region, the original somewhere
+    # (outside the whole-head region there may be nothing but brain)
+    background = float(background_value(np.asarray(data)))
     scaling = brain_scaling(data, brain, background)
     # the box's samples come from its footprint on the native grid alone
     crop = box_footprint(box, matrix, affine, data.shape)

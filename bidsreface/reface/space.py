@@ -44,11 +44,15 @@ class FaceBox:
                    spacing=float(values["spacing"]))
 
 
-def face_box(template, spacing: float = 2.0, multiple: int = 16, pad_mm: float = 6.0) -> FaceBox:
-    """The box around the template's face region within its head, on a ``spacing`` grid whose
-    size is a multiple of ``multiple`` voxels (so the U-Net takes it whole)."""
-    head = ndimage.binary_dilation(template.head, iterations=4)
-    idx = np.argwhere(template.face & head)
+def face_box(template, spacing: float = 2.0, multiple: int = 16, pad_mm: float = 6.0, *,
+             head: bool = False) -> FaceBox:
+    """The box around the template's face region within its head (the whole head with
+    ``head``), on a ``spacing`` grid whose size is a multiple of ``multiple`` voxels (so the
+    U-Net takes it whole)."""
+    from ..deface.mask import region
+
+    grown = ndimage.binary_dilation(template.head, iterations=4)
+    idx = np.argwhere(region(template, head=head) & grown)
     lo = template.affine[:3, :3] @ idx.min(0) + template.affine[:3, 3] - pad_mm
     hi = template.affine[:3, :3] @ idx.max(0) + template.affine[:3, 3] + pad_mm
     shape = np.ceil((hi - lo) / spacing / multiple).astype(int) * multiple

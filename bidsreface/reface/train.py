@@ -30,6 +30,11 @@ the mean head to the generator's (:func:`bidsreface.reface.infer.generate`), the
 truncation trick of GANs, which trades some of the seeds' diversity for faces that look like
 faces. The mean of 108 people is a face, but nobody's.
 
+``--region head`` trains on heads whose region is the whole non-brain head
+(``--reface-region head``; the inputs' masks must be those) on a box around the template's
+whole head; ``--init`` starts the generator from another model file's weights (the face
+model, say).
+
 OUT_DIR receives ``pairs/`` (the cached training heads on the box), ``checkpoint.pt``
 (resumable), ``loss.tsv`` (one line per step) and the model file, written at every
 checkpoint and at the end.
@@ -250,9 +255,27 @@ def parse_args(argv=None):
     p.add_argument("--disc-layers", type=int, default=3)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--name", default="bidsreface-privacy-cvaegan-T1w")
-    p.add_argument("--model-file", default="reface_T1w.pt")
+    p.add_argument("--region", choices=("face", "head"), default="face",
+                   help="the region the inputs' masks remove, and so the model's box: the "
+                        "face, or the whole non-brain head (--reface-region head)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start the generator from this model file's weights (same networks)")
+    p.add_argument("--name", default=None,
+                   help="the model's name (bidsreface-privacy-cvaegan-T1w, -head for the head "
+                        "region)")
+    p.add_argument("--model-file", default=None,
+                   help="reface_T1w.pt, reface_T1w_head.pt for the head region")
     return p.parse_args(argv)
+
+
+def model_names(region: str) -> tuple[str, str]:
+    """The default model name and file of a region.
+
+    >>> model_names("head")
+    ('bidsreface-privacy-cvaegan-T1w-head', 'reface_T1w_head.pt')
+    """
+    suffix = "" if region == "face" else f"-{region}"
+    return f"bidsreface-privacy-cvaegan-T1w{suffix}", f"reface_T1w{suffix.replace('-', '_')}.pt"
 
 
 def _to_tensors(pair: PrivacyPair) -> dict:
@@ -289,6 +312,8 @@ def _write_model(out: Path, args, netg, gen_args, box, window, pairs, prior, mod
                 "prior_modes": {"count": len(modes), "scale": args.prior_scale},
                 "augmentation": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in asdict(settings).items()},
+                "region": args.region,
+                "init": None if args.init is None else Path(args.init).name,
                 "encoder": {"features": args.encoder_features},
                 "discriminator": {"features": args.disc_features, "layers": args.disc_layers}}
     model_file = out / args.model_file
@@ -313,7 +338,8 @@ def train(args) -> Path:
     heads = find_inputs(args.inputs)
     from ..deface.template import load_template
 
-    box = face_box(load_template(), args.resolution_mm, multiple=2**args.depth)
+    box = face_box(load_template(), args.resolution_mm, multiple=2**args.depth,
+                   head=args.region == "head")
     window = tuple(min(args.window, n) for n in box.shape)
     pairs = cached_heads(heads, box, out / "pairs", seed=args.seed)
     LOGGER.info("%d training heads, box %s at %.1f mm, window %s", len(pairs), box.shape,
@@ -325,6 +351,15 @@ def train(args) -> Path:
                 "depth": args.depth, "residual_blocks": args.residual_blocks, "dropout": 0.0,
                 "latent_dim": args.latent_dim}
     netg = Generator(**gen_args).to(device)
+    if args.init is not None and not (args.resume and (out / "checkpoint.pt").exists()):
+        from .weights import load_model
+
+        start = load_model(args.init)
+        if start.generator_args != gen_args:
+            raise ValueError(f"{args.init}: its generator ({start.generator_args}) is not "
+                             f"this run's ({gen_args})")
+        netg.load_state_dict(start.generator().state_dict())
+        LOGGER.info("generator starts from %s", args.init)
     nete = FaceEncoder(in_channels=2, features=args.encoder_features,
                        latent_dim=args.latent_dim).to(device)
     netd = PatchDiscriminator(in_channels=len(CHANNELS) + 1, features=args.disc_features,
@@ -419,6 +454,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = parse_args(argv)
+    name, model_file = model_names(args.region)
+    args.name, args.model_file = args.name or name, args.model_file or model_file
     try:
         train(args)
     except (ValueError, FileNotFoundError) as err:

@@ -20,7 +20,8 @@ from .networks import Generator
 from .space import WINSOR_PERCENTILE, FaceBox
 
 FORMAT = "bidsreface-reface-1"
-PACKAGED = {"T1w": "reface_T1w.pt"}
+#: The packaged models by contrast and region (``--reface-region``).
+PACKAGED = {("T1w", "face"): "reface_T1w.pt", ("T1w", "head"): "reface_T1w_head.pt"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +50,11 @@ class Model:
     #: deviations wide
     prior_modes: torch.Tensor | None = None
     prior_scale: float = 1.0
+
+    @property
+    def region(self) -> str:
+        """The region the model fills: ``face``, or ``head`` (the whole non-brain head)."""
+        return str(self.training.get("region", "face"))
 
     def generator(self, device: str | torch.device = "cpu") -> Generator:
         net = Generator(**self.generator_args)
@@ -127,9 +133,10 @@ def load_model(path: str | Path) -> Model:
                  prior_scale=float(content.get("prior_scale", 1.0)))
 
 
-def packaged_model_path(contrast: str) -> Path | None:
-    """The model installed with the package for ``contrast``, if there is one."""
-    name = PACKAGED.get(contrast)
+def packaged_model_path(contrast: str, region: str = "face") -> Path | None:
+    """The model installed with the package for ``contrast`` and ``region``, if there is
+    one."""
+    name = PACKAGED.get((contrast, region))
     if name is None:
         return None
     path = Path(str(resources.files("bidsreface") / "data" / "models" / name))
@@ -137,6 +144,6 @@ def packaged_model_path(contrast: str) -> Path | None:
 
 
 @lru_cache(maxsize=4)
-def load_packaged_model(contrast: str) -> Model | None:
-    path = packaged_model_path(contrast)
+def load_packaged_model(contrast: str, region: str = "face") -> Model | None:
+    path = packaged_model_path(contrast, region)
     return None if path is None else load_model(path)

@@ -70,7 +70,7 @@ def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
     else:
         from ..reface.weights import packaged_model_path
 
-        model = packaged_model_path(image.suffix)
+        model = packaged_model_path(image.suffix, settings.reface_region)
     return ("cgan", str(model)) if model is not None else ("none", None)
 
 
@@ -173,11 +173,14 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
             register = pe.Node(
                 RegisterCollection(in_files=[str(i.path) for i in registration_candidates(
                                        image, members[image])],
-                                   deface_ears=settings.deface_ears, seed=settings.random_seed),
+                                   deface_ears=settings.deface_ears,
+                                   whole_head=settings.reface_region == "head",
+                                   seed=settings.random_seed),
                 name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         else:
             register = pe.Node(
                 RegisterImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                              whole_head=settings.reface_region == "head",
                               seed=settings.random_seed),
                 name=f"register_{key}", n_procs=1, mem_gb=1.0)  # ANTs: one thread
         if leader is None:
@@ -213,6 +216,7 @@ def init_participant_wf(subject: str, images: list[AnatImage], settings: Setting
                 continue
             deface = pe.Node(
                 DefaceImage(in_file=str(image.path), deface_ears=settings.deface_ears,
+                            whole_head=settings.reface_region == "head",
                             brain_margin_mm=settings.brain_margin_mm,
                             keep_extensions=settings.keep_nifti_extensions),
                 name=f"deface_{key}", mem_gb=1.5)
