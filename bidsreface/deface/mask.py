@@ -92,7 +92,8 @@ def region_corners(template: Template, *, ears: bool = False, head: bool = False
 
     A side of the face region that reaches the template's border (the chin and neck at the
     bottom) goes on far beyond it, so heads larger than the template's field of view are
-    covered too. The head region stops at the template's border (:func:`face_mask`).
+    covered too. The head region stops at the template's border (:func:`face_mask` adds the
+    face and ears regions' extension).
     """
     mask = region(template, ears=ears, head=head)
     idx = np.argwhere(mask)
@@ -192,6 +193,8 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     Returns the boolean mask and figures describing it.
     """
     corners = region_corners(template, ears=ears, head=head)
+    if head:  # the face and ears regions go on beyond the template's border (below)
+        corners = np.vstack([corners, region_corners(template, ears=True)])
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     lo, hi = bounding_box(native_vox, shape)
@@ -203,12 +206,17 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     template_margin_mm, allowance = template_guard_margin(
         brain_margin_mm, brain_distance is not None, own_brain is not None)
     guard_mm = template_margin_mm / s_min + allowance
-    # the face region goes on beyond the template's border; the head region stops there: the
-    # neck below the template's field of view is kept (regenerated, it would be cut off at
-    # the refacing model's box)
+    # the face region goes on beyond the template's border; the head region stops there, but
+    # for the face and ears regions' own extension: what face mode removes, head mode removes
+    # too, and the rest of the neck below the template's field of view is kept (regenerated,
+    # it would be cut off at the refacing model's box)
     face = pull_back(region(template, ears=ears, head=head).astype(np.uint8), template.affine,
                      matrix, shape, affine, lo, hi, order=0, cval=0.0,
                      mode="constant" if head else "nearest") > 0
+    if head:
+        face |= pull_back(region(template, ears=True).astype(np.uint8), template.affine,
+                          matrix, shape, affine, lo, hi, order=0, cval=0.0,
+                          mode="nearest") > 0
     # the distance is needed only where the face region is: sample it there alone
     inside = np.argwhere(face)
 
