@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures["brain_volume_pct"] = round(float(
                     100 * (again.sum() - brain.sum()) / brain.sum()), 3)
                 results.append({"image": row["rel"], "method": label,
-                                "registry": row["rel"].startswith("registry_"),
+                                "registry": row["registry"],
                                 "voxel_mm": float(np.mean(zooms)), **figures})
     print(f"{'image':<44}{'method':<12}{'mm':>5}{'hist':>8}{'dark o/r':>14}{'dark':>7}"
           f"{'grad':>7}{'noise':>7}{'n/orig':>7}{'Dice':>8}{'vol %':>8}")

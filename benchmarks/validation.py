@@ -73,11 +73,11 @@ def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
             limit: int | None = None, region: str = "face",
             registry: bool = False) -> list[dict]:
     """One dict per validation image: ``name``, ``person``, ``rel`` (a key), ``original``,
-    ``defaced``, ``mask``, ``matrix`` (array), ``brain``, ``status`` (``ok`` or the reason it
-    failed). With ``region`` ``head`` the mask and the defaced image are those of the whole
-    non-brain head (:func:`bidsreface.reface.heads.head_region_row`, as the head model's
-    training heads were made). With ``registry`` the :func:`registry_heads` come after the
-    validation people."""
+    ``registry`` (a registry head), ``defaced``, ``mask``, ``matrix`` (array), ``brain``,
+    ``status`` (``ok`` or the reason it failed). With ``region`` ``head`` the mask and the
+    defaced image are those of the whole non-brain head
+    (:func:`bidsreface.reface.heads.head_region_row`, as the head model's training heads were
+    made). With ``registry`` the :func:`registry_heads` come after the validation people."""
     from concurrent.futures import ProcessPoolExecutor
 
     import numpy as np
@@ -86,8 +86,8 @@ def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
 
     _, validation = split_people(heads_dir)
     validation = validation[:limit] if limit else validation
-    if registry:
-        validation = validation + registry_heads((prepared or tmp / "prepared") / "registry")
+    extra = registry_heads((prepared or tmp / "prepared") / "registry") if registry else []
+    validation = validation + extra
     rows = deface_heads(validation, prepared or tmp / "prepared", nprocs=nprocs)
     if region == "head":
         with ProcessPoolExecutor(max(1, nprocs)) as pool:
@@ -96,7 +96,7 @@ def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
     out = []
     for path, row in zip(validation, rows, strict=True):
         base = {"name": path.name, "person": person_of(path), "rel": head_key(path),
-                "original": path}
+                "original": path, "registry": path in extra}
         if "error" in row:
             out.append({**base, "status": row["error"]})
         else:

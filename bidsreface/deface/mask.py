@@ -86,18 +86,40 @@ def head_region(template: Template) -> np.ndarray:
     return grown | template.face | template.ears
 
 
+def pulled_region(template: Template, matrix: np.ndarray, shape: tuple, affine: np.ndarray,
+                  lo, hi, *, ears: bool = False, head: bool = False) -> np.ndarray:
+    """:func:`region` on the native voxels ``lo:hi`` of a grid (``matrix``: template mm ->
+    native mm). The face (and ears) region goes on beyond the template's border (the chin and
+    neck at the bottom), so heads larger than the template's field of view are covered too;
+    the head region stops there but for the face and ears regions' own extension: what face
+    mode removes, head mode removes too, and the rest of the neck below the template's field
+    of view is kept (regenerated, it would be cut off at the refacing model's box)."""
+    def pull(mask, mode):
+        return pull_back(mask.astype(np.uint8), template.affine, matrix, shape, affine, lo, hi,
+                         order=0, cval=0.0, mode=mode) > 0
+
+    if not head:
+        return pull(region(template, ears=ears), "nearest")
+    return pull(head_region(template), "constant") | pull(region(template, ears=True), "nearest")
+
+
 def region_corners(template: Template, *, ears: bool = False, head: bool = False,
                    ) -> np.ndarray:
-    """The 8 corners (template voxels) of the box around :func:`region`.
+    """The corners (template voxels) of the box around :func:`region`.
 
-    A side of the face region that reaches the template's border (the chin and neck at the
-    bottom) goes on far beyond it, so heads larger than the template's field of view are
-    covered too. The head region stops at the template's border (:func:`face_mask` adds the
-    face and ears regions' extension).
+    A side of the face region that reaches the template's border goes on far beyond it, as
+    :func:`pulled_region` extends it; with ``head`` the corners of the head region (which
+    stops at the border) and those of the face and ears regions come together (16 corners).
     """
-    mask = region(template, ears=ears, head=head)
+    if head:
+        return np.vstack([_corners(head_region(template), far=0.0),
+                          region_corners(template, ears=True)])
+    return _corners(region(template, ears=ears), far=1e3)
+
+
+def _corners(mask: np.ndarray, far: float) -> np.ndarray:
+    """The 8 corners of the box around ``mask``, a side on the border moved ``far`` out."""
     idx = np.argwhere(mask)
-    far = 0 if head else 1e3
     lows = [-far if v == 0 else v for v in idx.min(0)]
     highs = [far + n if v == n - 1 else v for v, n in zip(idx.max(0), mask.shape, strict=True)]
     return np.array([[a, b, c] for a in (lows[0], highs[0]) for b in (lows[1], highs[1])
@@ -108,16 +130,14 @@ def region_box(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: T
                ears: bool = False, head: bool = False, step: int = 4, pad: int = 2):
     """Voxel bounds ``lo, hi`` on a grid of the :func:`region` pulled back through ``matrix``.
 
-    The region is sampled every ``step`` voxels of the grid (extended beyond the template's
-    border as :func:`face_mask` extends it) and its bounds grown by ``pad`` samples, so they
-    hold every voxel of the region however the head is turned.
+    The region is sampled every ``step`` voxels of the grid (:func:`pulled_region`, extended
+    beyond the template's border as :func:`face_mask` extends it) and its bounds grown by
+    ``pad`` samples, so they hold every voxel of the region however the head is turned.
     """
     coarse_shape = tuple(-(-int(n) // step) for n in shape)
     coarse_affine = affine @ np.diag([step, step, step, 1.0])
-    inside = pull_back(region(template, ears=ears, head=head).astype(np.uint8),
-                       template.affine, matrix,
-                        coarse_shape, coarse_affine, np.zeros(3, int), np.array(coarse_shape),
-                        order=0, cval=0.0, mode="nearest") > 0
+    inside = pulled_region(template, matrix, coarse_shape, coarse_affine, np.zeros(3, int),
+                           np.array(coarse_shape), ears=ears, head=head)
     if not inside.any():
         return np.zeros(3, int), np.zeros(3, int)
     idx = np.argwhere(inside)
@@ -193,8 +213,6 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     Returns the boolean mask and figures describing it.
     """
     corners = region_corners(template, ears=ears, head=head)
-    if head:  # the face and ears regions go on beyond the template's border (below)
-        corners = np.vstack([corners, region_corners(template, ears=True)])
     native_vox = (np.linalg.inv(affine) @ matrix @ template.affine
                   @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     lo, hi = bounding_box(native_vox, shape)
@@ -206,17 +224,7 @@ def face_mask(shape: tuple, affine: np.ndarray, matrix: np.ndarray, template: Te
     template_margin_mm, allowance = template_guard_margin(
         brain_margin_mm, brain_distance is not None, own_brain is not None)
     guard_mm = template_margin_mm / s_min + allowance
-    # the face region goes on beyond the template's border; the head region stops there, but
-    # for the face and ears regions' own extension: what face mode removes, head mode removes
-    # too, and the rest of the neck below the template's field of view is kept (regenerated,
-    # it would be cut off at the refacing model's box)
-    face = pull_back(region(template, ears=ears, head=head).astype(np.uint8), template.affine,
-                     matrix, shape, affine, lo, hi, order=0, cval=0.0,
-                     mode="constant" if head else "nearest") > 0
-    if head:
-        face |= pull_back(region(template, ears=True).astype(np.uint8), template.affine,
-                          matrix, shape, affine, lo, hi, order=0, cval=0.0,
-                          mode="nearest") > 0
+    face = pulled_region(template, matrix, shape, affine, lo, hi, ears=ears, head=head)
     # the distance is needed only where the face region is: sample it there alone
     inside = np.argwhere(face)
 
