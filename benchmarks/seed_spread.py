@@ -11,7 +11,8 @@ model (default: the packaged face model), each image is refaced with seed 0 and 
 render searched for a face (faces detected of all images; the audit asks for 95 %); the first
 ``--seed-people`` images are refaced with seeds 1 to ``--seeds`` - 1 too. It prints the median
 face-embedding distance between the faces of different seeds of one image, and between the
-faces one seed gives two people, against two real people (the originals of the same images).
+faces one seed gives two people, against two real people (the originals of the same images),
+and how much the seed's code moves the generator's own head against the prior's modes.
 
 The variants reshape the generated head on the box after the model's prior, each seed its own
 way (a test of whether the faces' proportions are what the seeds lack; none of this is in the
@@ -122,6 +123,35 @@ def refaced_face(job: tuple) -> np.ndarray | None:
         infer.generate = generate
 
 
+def code_effect(job: tuple) -> tuple[float, float]:
+    """How much the seed's code moves the generator's own head (no prior, no truncation) in
+    one image's region: the standard deviation over ``seeds`` seeds, averaged over the
+    region's voxels (network units), and that of the model's prior modes (in a worker)."""
+    row, model_file, seeds = job
+    import dataclasses
+
+    import nibabel as nb
+    import torch
+
+    from bidsreface.reface.infer import generate
+    from bidsreface.reface.privacy import CHANNELS, privacy_inputs
+    from bidsreface.reface.weights import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(model_file)
+    img = nb.load(row["defaced"])
+    data = np.asanyarray(img.dataobj).astype(np.float32).reshape(img.shape[:3])
+    mask = np.asanyarray(nb.load(row["mask"]).dataobj).reshape(data.shape) > 0
+    brain = np.asanyarray(nb.load(row["brain"]).dataobj).reshape(data.shape) > 0
+    inputs, _ = privacy_inputs(data, img.affine, row["matrix"], mask, brain & ~mask, model.box)
+    region = inputs[CHANNELS.index("region")] > 0.5
+    raw = dataclasses.replace(model, prior=None)
+    heads = np.stack([generate(raw, inputs, seed=s)[region] for s in range(seeds)])
+    modes = (0.0 if model.prior_modes is None else
+             float(np.sqrt((model.prior_modes.numpy()[:, region] ** 2).sum(0)).mean()))
+    return float(heads.std(0).mean()), modes * model.prior_scale
+
+
 def original_face(job: tuple) -> np.ndarray | None:
     """The face embedding of one original, blurred by ``sigma_mm`` (in a worker)."""
     row, sigma_mm = job
@@ -198,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 seen = sum(f is not None for f in faces)
                 print(f"two real people, originals {label}: faces {seen}/{len(chosen)}, "
                       f"distance {spread(people_pairs(chosen, faces))}", flush=True)
+            effects = list(pool.map(code_effect, [(r, args.model, 4) for r in chosen[:2]]))
+            print("the seed's code on the generator's own head (sd over 4 seeds, network "
+                  "units, first 2 images): "
+                  + ", ".join(f"{code:.3f}" for code, _ in effects)
+                  + "; the prior modes: " + ", ".join(f"{m:.3f}" for _, m in effects),
+                  flush=True)
             for warp in [None, *args.warp]:
                 start = time.perf_counter()
                 jobs = [(r, args.model, warp, 0, tmp) for r in rows]
