@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from validation import add_arguments, prepare, reface_all  # noqa: E402
+from validation import add_arguments, people_pairs, prepare, reface_all  # noqa: E402
 from validation import methods as chosen_methods  # noqa: E402
 
 
@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(s['roc_auc']):>9}{fmt(s['eer']):>7}{fmt(s['linkability']):>7}")
         # different seeds against different people
         chosen = ok[: args.seed_people]
-        originals = [face_of(r["original"], r["matrix"]) for r in chosen]
-        between = [embedding_distance(a, b) for (a, b), (ra, rb) in zip(
-            itertools.combinations(originals, 2), itertools.combinations(chosen, 2),
-            strict=True) if a is not None and b is not None and ra["person"] != rb["person"]]
-        del originals
+        between = people_pairs(chosen, [face_of(r["original"], r["matrix"]) for r in chosen])
         print(f"\ntwo real people (originals of {len(chosen)} images): distance median "
               f"{np.median(between):.3f} ({np.percentile(between, 10):.3f}-"
               f"{np.percentile(between, 90):.3f}, 10th-90th percentile)")
@@ -107,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"distance median {np.median(pairs):.3f} ({np.percentile(pairs, 10):.3f}-"
                       f"{np.percentile(pairs, 90):.3f})")
             # the same seed on two people: how alike the model's faces are whoever they replace
-            people = [embedding_distance(faces[ra["name"]][0], faces[rb["name"]][0])
-                      for ra, rb in itertools.combinations(chosen, 2)
-                      if ra["person"] != rb["person"] and faces[ra["name"]][0] is not None
-                      and faces[rb["name"]][0] is not None]
+            people = people_pairs(chosen, [faces[r["name"]][0] for r in chosen])
             if people:
                 print(f"{label}: faces of two people, seed 0 ({len(people)} pairs): "
                       f"distance median {np.median(people):.3f} ({np.percentile(people, 10):.3f}-"

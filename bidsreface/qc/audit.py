@@ -183,12 +183,17 @@ def face_of(path: str | Path, matrix: np.ndarray):
     """
     import nibabel as nb
 
+    img = nb.load(path)
+    data = np.asanyarray(img.dataobj).astype(np.float32).reshape(img.shape[:3])
+    return face_of_data(data, img.affine, matrix)
+
+
+def face_of_data(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray):
+    """:func:`face_of` of an image already in memory (``affine``: voxel -> RAS mm)."""
     from .faces import detect_faces, face_embedding
     from .render import render_head
 
-    img = nb.load(path)
-    data = np.asanyarray(img.dataobj).astype(np.float32).reshape(img.shape[:3])
-    render = render_head(data, img.affine, size=RENDER_SIZE, matrix=matrix)
+    render = render_head(data, affine, size=RENDER_SIZE, matrix=matrix)
     found = detect_faces(render)
     return face_embedding(render, found[0]) if found else None
 
