@@ -125,10 +125,16 @@ def _layout(settings: Settings):
     bids_dir = Path(settings.bids_dir)
     if not bids_dir.is_dir():
         raise UsageError(f"{bids_dir} is not a directory")
-    if not (bids_dir / "dataset_description.json").is_file():
+    description = bids_dir / "dataset_description.json"
+    if not description.is_symlink() and not description.exists():
         raise UsageError(
             f"{bids_dir} is not a BIDS dataset: dataset_description.json is missing"
         )
+    from bidsreface.content import content_problem
+
+    problem = content_problem(description, bids_dir)
+    if problem:
+        raise UsageError(f"{description}: {problem}")
     ignore = list(_IGNORE)
     for extra in (settings.output_dir, settings.work_dir):
         extra = Path(extra)
@@ -294,17 +300,24 @@ def derivative_path(
     return folder / "anat" / f"{name}_{suffix or image.suffix}{extension}"
 
 
-def scrub_sidecar(meta: dict) -> dict:
-    """Return a copy of ``meta`` without identifying fields (and any ``Patient*`` key).
+def scrub_sidecar(meta: dict, dates: str = "keep", shift_days: int = 0) -> dict:
+    """Return a copy of ``meta`` without identifying fields (and any ``Patient*`` key); the
+    date and time fields left are shifted by *shift_days*, removed or kept, as *dates*
+    (``shift``, ``remove``, ``keep``) says (see :mod:`bidsreface.dates`).
 
     >>> scrub_sidecar({"RepetitionTime": 2.3, "PatientName": "X", "StationName": "MR1"})
     {'RepetitionTime': 2.3}
+    >>> scrub_sidecar({"SeriesTime": "10:11:12", "ScanDate": "2020-01-02"}, "shift", -36525)
+    {'SeriesTime': '10:11:12', 'ScanDate': '1920-01-02'}
     """
-    return {
+    from bidsreface.dates import apply_to_sidecar
+
+    scrubbed = {
         key: value
         for key, value in meta.items()
         if key not in IDENTIFYING_FIELDS and not key.startswith("Patient")
     }
+    return apply_to_sidecar(scrubbed, dates, shift_days)
 
 
 #: Marks the temporary files that outputs are written to before their rename into place.
@@ -378,9 +391,13 @@ def load_metadata(image: AnatImage) -> dict:
     return meta
 
 
-def write_sidecar(path: Path, image: AnatImage, extra: dict) -> None:
-    """Write the derivative sidecar: raw metadata scrubbed, ``Sources``, then ``extra``."""
-    meta = scrub_sidecar(load_metadata(image))
+def write_sidecar(path: Path, image: AnatImage, extra: dict, *, dates: str = "keep",
+                  seed: int = 0) -> None:
+    """Write the derivative sidecar: raw metadata scrubbed (dates as *dates* says, shifted by
+    the participant's days drawn from *seed*), ``Sources``, then ``extra``."""
+    from bidsreface.dates import shift_days
+
+    meta = scrub_sidecar(load_metadata(image), dates, shift_days(seed, image.subject))
     meta["Sources"] = [f"bids:raw:{image.relpath}"]
     meta.update(extra)
     write_json_atomic(path, meta)

@@ -35,7 +35,7 @@ IDENTIFYING_FIELDS = (
 #: Settings that change what is written for an image (the rest are resources and selection):
 #: recorded with each image's outputs and part of its fingerprint (:mod:`bidsreface.resume`).
 OUTPUT_SETTINGS = ("deface_ears", "reface_region", "brain_margin_mm", "reface", "random_seed",
-                   "keep_nifti_extensions")
+                   "keep_nifti_extensions", "dates")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class Settings:
     reface_region: str = "face"
     brain_margin_mm: float = 5.0
     keep_nifti_extensions: bool = False
+    #: dates in sidecars and ``*_scans.tsv``: ``shift``, ``remove`` or ``keep`` (see
+    #: :mod:`bidsreface.dates`)
+    dates: str = "shift"
     verbosity: int = 0
 
 

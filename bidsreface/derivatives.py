@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -135,19 +136,20 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
     _copy_atomic(Path(defaced_file), defaced)
     _copy_atomic(Path(mask_file), mask_out)
     rel = lambda p: p.relative_to(output_dir / f"sub-{image.subject}").as_posix()  # noqa: E731
+    dates = {"dates": settings.get("dates", "keep"), "seed": settings.get("random_seed", 0)}
     write_sidecar(derivative_path(output_dir, image, desc="defaced", extension=".json"), image, {
         "Description": "Defaced by bidsreface: face-mask voxels set to background.",
         "DefaceMask": rel(mask_out),
         "DefacedBy": {"Name": "bidsreface", "Version": __version__},
         **header_sidecar(header),
-    })
+    }, **dates)
     outputs = {"defaced": rel(defaced), "mask": rel(mask_out)}
     if refaced_file is not None:
         refaced = derivative_path(output_dir, image, desc="refaced")
         _copy_atomic(Path(refaced_file), refaced)
         write_sidecar(derivative_path(output_dir, image, desc="refaced", extension=".json"),
                       image, {**refaced_sidecar(reface_info or {}, rel(mask_out)),
-                              **header_sidecar(header)})
+                              **header_sidecar(header)}, **dates)
         outputs["refaced"] = rel(refaced)
     outputs["figures"] = _write_figures(output_dir, image, figures or [], rel)
     qc = qc or {}
@@ -226,12 +228,42 @@ def write_failure(image: AnatImage, output_dir: Path, reason: str) -> Path:
     return target
 
 
-def record_paths(output_dir: Path) -> list[Path]:
-    """The per-image records (completed and failed) under ``output_dir``, sorted."""
-    return [path for path in sorted(Path(output_dir).glob("sub-*/**/*.json"))
+def record_paths(output_dir: Path, subject: str | None = None) -> list[Path]:
+    """The per-image records (completed and failed) under ``output_dir`` (of participant
+    *subject* only, when given), sorted."""
+    pattern = f"sub-{subject}/**/*.json" if subject is not None else "sub-*/**/*.json"
+    return [path for path in sorted(Path(output_dir).glob(pattern))
             if path.name.endswith("_failed.json") or "_desc-qc_" in path.name]
 
 
-def read_records(output_dir: Path) -> list[dict]:
-    """Every per-image record (completed and failed) under ``output_dir``."""
-    return [json.loads(path.read_text()) for path in record_paths(output_dir)]
+def read_record(path: Path, output_dir: Path) -> dict | str:
+    """The record at *path*, or why it cannot be read (one line: content not present, with
+    the ``datalad get`` hint; not JSON; not a record)."""
+    from .content import content_problem
+
+    problem = content_problem(path, output_dir)
+    if problem:
+        return problem
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        return f"cannot be read ({err.__class__.__name__}: {err})"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err})"
+    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
+        return "not a bidsreface record (no source)"
+    return record
+
+
+def read_records(output_dir: Path, subject: str | None = None) -> list[dict]:
+    """Every readable per-image record (completed and failed) under ``output_dir`` (of
+    participant *subject* only, when given); a record that cannot be read (an unfetched
+    git-annex file, a damaged file) is skipped with one line on stderr."""
+    records = []
+    for path in record_paths(output_dir, subject):
+        record = read_record(path, output_dir)
+        if isinstance(record, str):
+            print(f"bidsreface: {path}: record skipped: {record}", file=sys.stderr)
+        else:
+            records.append(record)
+    return records

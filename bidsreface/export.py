@@ -9,15 +9,23 @@ dataset:
   exists and ``--reface`` is not ``none``, else defaced), checked against the raw image as it
   is now; or left out with its sidecar, and listed;
 - sidecars (``*.json`` at the top level and under ``sub-*``) are scrubbed of identifying
-  fields; the replaced images' sidecars say what was done (``DeidentificationMethod``);
-- rows of left-out files are dropped from ``*_scans.tsv``;
+  fields, their dates shifted, removed or kept as ``--dates`` says (:mod:`bidsreface.dates`);
+  the replaced images' sidecars say what was done (``DeidentificationMethod``);
+- rows of left-out files are dropped from ``*_scans.tsv``, and ``acq_time`` is shifted (or
+  removed) as the sidecars' dates are;
 - ``derivatives/``, ``sourcedata/``, hidden entries (``.git``...) and bidsreface's own output
   and work folders are left out and listed (they may hold the original faces);
-- every other file is hard-linked (copied across file systems), never written to.
+- a file whose content is not here (a git-annex file not fetched, a dangling link) is left out
+  with its sidecars and its ``*_scans.tsv`` rows, and listed with the reason;
+- every other file's content is hard-linked (copied across file systems), never written to;
+  symbolic links (git-annex files) are followed: the export never holds a link, which its
+  final check verifies.
 
 What was left out, and why, is listed in :data:`LISTING` (under ``code/``, which the BIDS
-validator does not check). The copy is built in a hidden sibling folder and renamed into place;
-a non-empty folder that holds no earlier export is refused.
+validator does not check); what the export wrote is listed in :data:`MANIFEST`. The copy is
+built in a hidden sibling folder and renamed into place. A folder that is not empty is replaced
+only when it holds an earlier export and nothing else (every file in its manifest, unchanged);
+anything else (a ``.git`` or ``.datalad``, a file the export did not write) is refused.
 """
 
 from __future__ import annotations
@@ -37,12 +45,18 @@ import numpy as np
 
 from . import __codeurl__, __version__
 from .bids import scrub_sidecar, temporary_path
-from .derivatives import record_paths, verify_defaced
+from .content import content_problem
+from .dates import apply_to_cell, method_note, shift_days
+from .derivatives import read_record, record_paths, verify_defaced
 from .errors import UsageError
 from .image import changed_voxels, nifti_bytes, read_header, stored_values
 
 #: The listing of what was left out, relative to the export's root.
 LISTING = "code/bidsreface/left_out.tsv"
+
+#: What the export wrote (path, size, modification time), relative to the export's root: a
+#: later export replaces the folder only if it holds these files and nothing else.
+MANIFEST = "code/bidsreface/manifest.tsv"
 
 #: ``GeneratedBy`` note of the export's ``dataset_description.json``.
 EXPORT_NOTE = (
@@ -52,7 +66,7 @@ EXPORT_NOTE = (
 )
 
 _ANAT_IMAGE = re.compile(r"^sub-[^/]+/(?:ses-[^/]+/)?anat/([^/]+)\.nii(?:\.gz)?$")
-_SCANS = re.compile(r"^sub-[^/]+/(?:ses-[^/]+/)?[^/]+_scans\.tsv$")
+_SCANS = re.compile(r"^sub-[^/]+/(?:ses-[^/]+/)?[^/]+_(?:scans|sessions)\.tsv$")
 _SIDECAR = re.compile(r"^(?:sub-[^/]+/.+|[^/]+)\.json$")
 
 _HIDDEN = "hidden: not part of the dataset (it may hold the original images, e.g. .git/annex)"
@@ -60,6 +74,9 @@ _FOLDERS = {
     "derivatives": "derivatives of the raw data: they may show the original faces",
     "sourcedata": "source data: holds the original images",
 }
+_SUBJECT = re.compile(r"^sub-([^/_]+)/")
+#: Files that belong to the data file of the same name (left out with it).
+_COMPANIONS = (".json", ".bval", ".bvec")
 _NO_RECORD = "not de-identified: no bidsreface record of it in the output folder"
 _MISSING = "its de-identified image is missing from the output folder"
 _STALE = ("its de-identified image does not match the raw image as it is now "
@@ -86,6 +103,29 @@ class Plan:
     files: dict[str, tuple[str, Path | None, str | None]] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
+    #: ``--dates`` (``shift``, ``remove``, ``keep``) and the run's seed the shifts are drawn from
+    dates: str = "keep"
+    seed: int = 0
+
+    def date_mode(self, relpath: str) -> tuple[str, int]:
+        """``(dates, days)`` for a file: a participant's files are shifted by that
+        participant's days; files of no participant (top-level sidecars) cannot be, so their
+        dates are removed when shifting.
+
+        >>> plan = Plan(dates="shift")
+        >>> plan.date_mode("sub-01/anat/sub-01_T1w.json")[0], plan.date_mode("T1w.json")
+        ('shift', ('remove', 0))
+        """
+        match = _SUBJECT.match(relpath)
+        if self.dates != "shift":
+            return self.dates, 0
+        if match is None:
+            return "remove", 0
+        return "shift", shift_days(self.seed, match.group(1))
+
+    def scrub(self, meta: dict, relpath: str) -> dict:
+        """*meta* scrubbed of identifying fields, its dates as ``--dates`` says."""
+        return scrub_sidecar(meta, *self.date_mode(relpath))
 
 
 def export_dataset(settings) -> dict:
@@ -114,15 +154,24 @@ def export_dataset(settings) -> dict:
             Path(settings.work_dir).resolve(): "bidsreface's work folder"}
     try:
         plan = plan_export(bids_dir, Path(settings.output_dir),
-                           refaced=settings.reface != "none", skip=skip)
+                           refaced=settings.reface != "none", skip=skip,
+                           dates=getattr(settings, "dates", "keep"),
+                           seed=getattr(settings, "random_seed", 0))
     except OSError as err:
         raise UsageError(f"--export-bids: cannot read {bids_dir}: {err}") from err
+    if not plan.images:
+        counts = _reason_counts({p: r for p, r in plan.left_out.items() if _ANAT_IMAGE.match(p)})
+        why = "; ".join(f"{count} {reason}" for reason, count in counts) or "no anatomical image"
+        raise UsageError(f"--export-bids: no de-identified image to export ({why}); nothing "
+                         f"written to {target}")
     for stale in target.parent.glob(f".{target.name}.bidsreface-*"):  # of a killed export
         if stale.is_dir():
             shutil.rmtree(stale)
     tmp = temporary_path(target)
     try:
         build(plan, bids_dir, tmp)
+        check_no_links(tmp, target)
+        write_manifest(tmp)
         _move_into_place(tmp, target, earlier)
     except OSError as err:
         raise UsageError(f"--export-bids: cannot write {target}: {err}") from err
@@ -133,47 +182,157 @@ def export_dataset(settings) -> dict:
 
 
 def _report(plan: Plan, target: Path) -> dict:
-    """Print the one-line summary of an export; return its figures."""
+    """Print the summary of an export (one line, then one per reason with its count of
+    paths left out); return its figures."""
     left_images = sum(1 for path in plan.left_out if _ANAT_IMAGE.match(path))
+    reasons = _reason_counts(plan.left_out)
     summary = {"deidentified": len(plan.images), "left_out": left_images,
-               "other": len(plan.left_out) - left_images, "listing": target / LISTING}
+               "other": len(plan.left_out) - left_images, "listing": target / LISTING,
+               "reasons": dict(reasons)}
     print(f"bidsreface: export: {summary['deidentified']} images de-identified, "
           f"{left_images} left out"
           + (f", {summary['other']} other paths left out" if summary["other"] else "")
           + f" (see {summary['listing']})", file=sys.stderr)
+    for reason, count in reasons:
+        print(f"bidsreface: export: {count} left out: {reason}", file=sys.stderr)
     return summary
+
+
+def reason_category(reason: str) -> str:
+    """What a left-out path's reason counts under in the summary (no file names, no hint).
+
+    >>> reason_category("content not present (git-annex): run 'datalad get sub-01/x.nii.gz'")
+    'content not present (git-annex)'
+    >>> reason_category("belongs to the left-out sub-01_T2w.nii.gz")
+    'belongs to a left-out file'
+    >>> reason_category("de-identification failed: registration failed")
+    'de-identification failed'
+    """
+    if reason.startswith("belongs to the left-out"):
+        return "belongs to a left-out file"
+    reason = " ".join(reason.split()).split(": run 'datalad get")[0]
+    if reason.startswith("dangling symbolic link"):
+        return "dangling symbolic link"
+    head = reason.split(": ")[0]
+    return head if head in ("de-identification failed", "hidden") else reason
+
+
+def _reason_counts(left_out: dict[str, str]) -> list[tuple[str, int]]:
+    """``(reason category, count)`` of left-out paths, most frequent first."""
+    counts: dict[str, int] = {}
+    for reason in left_out.values():
+        category = reason_category(reason)
+        counts[category] = counts.get(category, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def check_target(target: Path) -> bool:
     """Whether *target* holds an earlier export (to replace); raise if it cannot be used.
 
-    A missing or empty folder is fine (``False``); a non-empty one must hold an export by
-    bidsreface: its ``dataset_description.json`` names bidsreface and :data:`LISTING` exists.
+    A missing or empty folder is fine (``False``). A non-empty one is replaced only when it
+    holds an export by bidsreface and nothing else: every file is one its :data:`MANIFEST`
+    lists, unchanged since (size and modification time). A ``.git`` or ``.datalad`` (the
+    export made a git or DataLad repository), a file the export did not write or one changed
+    since means refuse: replacing the folder would delete it.
     """
     target = Path(target)
     if not target.exists():
         return False
     if not target.is_dir():
         raise UsageError(f"--export-bids {target} exists and is not a directory")
-    if not any(target.iterdir()):
-        return False
     try:
-        description = json.loads((target / "dataset_description.json").read_text("utf-8"))
-        generated = description.get("GeneratedBy", [])
-        ours = any(entry.get("Name") == "bidsreface" for entry in generated)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
-        ours = False
-    if not (ours and (target / LISTING).is_file()):
-        raise UsageError(f"--export-bids {target} is not empty and holds no earlier export by "
-                         f"bidsreface; give a new or empty directory")
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as err:
+        raise UsageError(f"--export-bids {target} cannot be read: {err}") from err
+    if not entries:
+        return False
+    refuse = (f"--export-bids {target}: an export replaces only a folder it made that holds "
+              f"nothing else, and this one")
+    for name in (".git", ".datalad"):
+        if name in entries:
+            kind = "a git or DataLad repository" if name == ".git" else "a DataLad dataset"
+            raise UsageError(f"{refuse} holds {name} (it is {kind}); give a new or empty "
+                             f"directory (publish the export from there)")
+    manifest = _read_manifest(target)
+    if manifest is None:
+        raise UsageError(f"{refuse} holds no manifest of an earlier export by bidsreface "
+                         f"({MANIFEST}); give a new or empty directory")
+    foreign, changed = [], []
+    for folder, dirnames, filenames in os.walk(target):
+        here = Path(folder)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                foreign.append((here / name).relative_to(target).as_posix())
+                dirnames.remove(name)
+        for name in sorted(filenames):
+            relpath = (here / name).relative_to(target).as_posix()
+            if relpath == MANIFEST:
+                continue
+            if relpath not in manifest or (here / name).is_symlink():
+                foreign.append(relpath)
+            elif _file_state(here / name) != manifest[relpath]:
+                changed.append(relpath)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(f"{refuse} holds {foreign[0]}{more}, not written by the export; give "
+                         f"a new or empty directory")
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise UsageError(f"{refuse} holds {changed[0]}{more}, changed since the export wrote "
+                         f"it; give a new or empty directory")
     return True
+
+
+def _file_state(path: Path) -> str:
+    """What the manifest records of a file: its size and modification time (ns)."""
+    stat = path.lstat()
+    return f"{stat.st_size}\t{stat.st_mtime_ns}"
+
+
+def write_manifest(root: Path) -> None:
+    """Write :data:`MANIFEST`: every file under *root* with :func:`_file_state`."""
+    lines = ["path\tsize\tmtime_ns"]
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        lines.append(f"{path.relative_to(root).as_posix()}\t{_file_state(path)}")
+    (root / MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+    _write_new(root / MANIFEST, ("\n".join(lines) + "\n").encode())
+
+
+def _read_manifest(target: Path) -> dict[str, str] | None:
+    """``{relpath: state}`` of an export's manifest; None when there is none to trust."""
+    path = target / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines or lines[0] != "path\tsize\tmtime_ns":
+        return None
+    entries = {}
+    for line in lines[1:]:
+        relpath, _, state = line.partition("\t")
+        entries[relpath] = state
+    return entries
+
+
+def check_no_links(root: Path, target: Path) -> None:
+    """Raise if the built export *root* holds a symbolic link (it never should: a link would
+    point into the source dataset, or nowhere once published)."""
+    for folder, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            if (Path(folder) / name).is_symlink():
+                relpath = (Path(folder) / name).relative_to(root).as_posix()
+                raise UsageError(f"--export-bids: {relpath} would be a symbolic link in the "
+                                 f"export; nothing written to {target}")
 
 
 # --------------------------------------------------------------------------- planning
 
 
 def plan_export(bids_dir: Path, output_dir: Path, *, refaced: bool = True,
-                skip: dict[Path, str] | None = None) -> Plan:
+                skip: dict[Path, str] | None = None, dates: str = "keep",
+                seed: int = 0) -> Plan:
     """Decide what becomes of every file of *bids_dir* (nothing is written).
 
     Parameters
@@ -186,8 +345,10 @@ def plan_export(bids_dir: Path, output_dir: Path, *, refaced: bool = True,
         Export the refaced image where there is one (else always the defaced one).
     skip : dict
         ``{resolved folder: reason}``: folders under *bids_dir* to leave out.
+    dates, seed : str, int
+        ``--dates`` and ``--random-seed`` (see :mod:`bidsreface.dates`).
     """
-    plan = Plan()
+    plan = Plan(dates=dates, seed=seed)
     files = _walk(Path(bids_dir), skip or {}, plan.left_out)
     records = _records(Path(output_dir))
     for relpath in files:
@@ -220,8 +381,8 @@ def _walk(bids_dir: Path, skip: dict[Path, str], left_out: dict[str, str]) -> li
             relpath = (rel / name).as_posix()
             if name.startswith(".") and relpath != ".bidsignore":
                 left_out[relpath] = _HIDDEN
-            elif not (here / name).exists():
-                left_out[relpath] = "content not available (broken symbolic link)"
+            elif problem := content_problem(here / name, bids_dir):
+                left_out[relpath] = problem  # not fetched, a dangling link...
             else:
                 files.append(relpath)
     return sorted(files)
@@ -239,15 +400,17 @@ def _folder_reason(rel: Path, path: Path, skip: dict[Path, str]) -> str | None:
 
 
 def _records(output_dir: Path) -> dict[str, dict]:
-    """The readable per-image records of *output_dir* by raw relpath (a failure wins)."""
+    """The readable per-image records of *output_dir* by raw relpath (a failure wins); one
+    that cannot be read (not fetched, damaged) is skipped with a line on stderr (its image is
+    then left out as not de-identified)."""
     records: dict[str, dict] = {}
     for path in record_paths(output_dir):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            source = record["source"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            continue  # its image is left out as not de-identified
-        if isinstance(source, str) and records.get(source, {}).get("status") != "failed":
+        record = read_record(path, output_dir)
+        if isinstance(record, str):
+            print(f"bidsreface: export: {path}: record skipped: {record}", file=sys.stderr)
+            continue
+        source = record["source"]
+        if records.get(source, {}).get("status") != "failed":
             records[source] = record
     return records
 
@@ -261,7 +424,8 @@ def _plan_image(plan: Plan, relpath: str, bids_dir: Path, output_dir: Path,
     except _LeftOut as err:
         plan.left_out[relpath] = str(err)
         return
-    plan.files[relpath] = ("image", image, deidentification_method(record, kind))
+    plan.files[relpath] = ("image", image,
+                           deidentification_method(record, kind) + method_note(plan.dates))
     plan.images[relpath] = kind
 
 
@@ -275,12 +439,20 @@ def _chosen_output(record: dict | None, output_dir: Path,
         raise _LeftOut(f"de-identification failed: {reason}")
     outputs = record.get("outputs") or {}
     kind = "refaced" if refaced and outputs.get("refaced") else "defaced"
-    subject_dir = (output_dir / record["source"].split("/")[0]).resolve()
+    subject_dir = Path(os.path.abspath(output_dir / record["source"].split("/")[0]))
     paths = []
     for key in (kind, "mask"):
-        path = (subject_dir / str(outputs.get(key) or "")).resolve()
-        if subject_dir not in path.parents or not path.is_file():
+        # inside the subject's folder as named (a saved output is a git-annex link whose
+        # content lies elsewhere: its final link is followed only to read it)
+        path = Path(os.path.normpath(subject_dir / str(outputs.get(key) or "")))
+        if subject_dir not in path.parents:
             raise _LeftOut(_MISSING)
+        problem = content_problem(path, output_dir)
+        if problem == "no such file" or (problem is None and not path.is_file()):
+            raise _LeftOut(_MISSING)
+        if problem:
+            raise _LeftOut(f"its de-identified {'image' if key == kind else 'face mask'}: "
+                           f"{problem}")
         paths.append(path)
     return paths[0], paths[1], kind
 
@@ -338,8 +510,9 @@ def _header_note(record: dict) -> str:
 def _plan_other(plan: Plan, relpath: str, bids_dir: Path) -> None:
     """What becomes of a file that is not an anatomical image."""
     image = _image_of(relpath, plan)
-    if image in plan.left_out:
-        plan.left_out[relpath] = f"belongs to the left-out {image.rsplit('/', 1)[-1]}"
+    owner = image if image in plan.left_out else _left_out_owner(relpath, plan)
+    if owner is not None:
+        plan.left_out[relpath] = f"belongs to the left-out {owner.rsplit('/', 1)[-1]}"
     elif image is not None and relpath.endswith(".json"):
         if not _readable_json(bids_dir / relpath):
             plan.left_out[relpath] = _BAD_JSON  # the image's new sidecar holds only the note
@@ -365,13 +538,28 @@ def _image_of(relpath: str, plan: Plan) -> str | None:
     return None
 
 
+def _left_out_owner(relpath: str, plan: Plan) -> str | None:
+    """The left-out data file of a participant whose sidecar (``.json``, ``.bval``,
+    ``.bvec`` of the same name) *relpath* is: it goes with it."""
+    folder, _, name = relpath.rpartition("/")
+    stem, dot, extension = name.partition(".")
+    if not folder.startswith("sub-") or not dot or f".{extension}" not in _COMPANIONS:
+        return None
+    prefix = f"{folder}/{stem}."
+    for other in plan.left_out:
+        if (other.startswith(prefix) and "/" not in other[len(prefix):]
+                and f".{other[len(prefix):]}" not in _COMPANIONS):
+            return other
+    return None
+
+
 def _plan_sidecar(plan: Plan, relpath: str, path: Path) -> None:
     """Scrub a sidecar (linked when there is nothing to scrub); leave out an unreadable one."""
     meta = _readable_json(path)
     if meta is None:
         plan.left_out[relpath] = _BAD_JSON
         return
-    scrubbed = isinstance(meta, dict) and scrub_sidecar(meta) != meta
+    scrubbed = isinstance(meta, dict) and plan.scrub(meta, relpath) != meta
     plan.files[relpath] = ("json" if scrubbed else "link", path, None)
 
 
@@ -413,15 +601,18 @@ def _json_bytes(meta) -> bytes:
 
 
 def _link(source: Path, target: Path, **_) -> None:
-    """Hard-link *source* to *target*, or copy it where the file system refuses."""
+    """Hard-link the content of *source* to *target*, or copy it where the file system
+    refuses; a symbolic link (a git-annex file) is followed, never linked itself."""
+    content = os.path.realpath(source)
     try:
-        os.link(source, target)
+        os.link(content, target, follow_symlinks=False)
     except OSError:
-        shutil.copy2(source, target)
+        shutil.copyfile(content, target, follow_symlinks=True)
+        shutil.copystat(content, target)
 
 
-def _write_scrubbed(source: Path, target: Path, **_) -> None:
-    _write_new(target, _json_bytes(scrub_sidecar(json.loads(source.read_text("utf-8")))))
+def _write_scrubbed(source: Path, target: Path, *, plan: Plan, relpath: str, **_) -> None:
+    _write_new(target, _json_bytes(plan.scrub(json.loads(source.read_text("utf-8")), relpath)))
 
 
 def _write_image(source: Path, target: Path, *, extra: str, relpath: str, bids_dir: Path,
@@ -453,7 +644,7 @@ def _write_image_sidecar(target: Path, extra: str, relpath: str, bids_dir: Path,
     raw_sidecar = bids_dir / f"{stem}.json"
     readable = raw_sidecar.is_file() and f"{stem}.json" not in plan.left_out
     meta = json.loads(raw_sidecar.read_text("utf-8")) if readable else {}
-    meta = scrub_sidecar(meta) if isinstance(meta, dict) else {}
+    meta = plan.scrub(meta, relpath) if isinstance(meta, dict) else {}
     method = meta.get("DeidentificationMethod", [])
     meta["DeidentificationMethod"] = [*([method] if isinstance(method, str) else method), extra]
     _write_new(target.parent / f"{Path(stem).name}.json", _json_bytes(meta))
@@ -474,19 +665,35 @@ def _as_3d(source: Path, compress: bool) -> bytes:
 
 
 def _write_scans(source: Path, target: Path, *, plan: Plan, relpath: str, **_) -> None:
-    """Copy a ``*_scans.tsv`` without the rows of left-out files (linked if none is)."""
+    """Copy a ``*_scans.tsv`` (or ``*_sessions.tsv``) without the rows of left-out files,
+    its ``acq_time`` shifted or removed as ``--dates`` says (linked if nothing changes)."""
     lines = source.read_text("utf-8").splitlines()
     header = lines[0].split("\t") if lines else []
-    if "filename" not in header:
-        _link(source, target)
-        return
-    column, folder = header.index("filename"), relpath.rpartition("/")[0]
-    kept = [line for line in lines[1:]
-            if f"{folder}/{_cell(line, column)}" not in plan.left_out]
-    if len(kept) == len(lines) - 1:
+    kept = lines[1:]
+    if "filename" in header:
+        column, folder = header.index("filename"), relpath.rpartition("/")[0]
+        kept = [line for line in kept if f"{folder}/{_cell(line, column)}" not in plan.left_out]
+    if "acq_time" in header:
+        dates, days = plan.date_mode(relpath)
+        column = header.index("acq_time")
+        kept = [_with_cell(line, column, apply_to_cell(_cell(line, column), dates, days))
+                for line in kept]
+    if kept == lines[1:]:
         _link(source, target)
         return
     _write_new(target, ("\n".join([lines[0], *kept]) + "\n").encode())
+
+
+def _with_cell(line: str, column: int, value: str) -> str:
+    r"""*line* of a TSV with its *column* set to *value*.
+
+    >>> _with_cell("a\tb\tc", 1, "x")
+    'a\tx\tc'
+    """
+    cells = line.split("\t")
+    if column < len(cells):
+        cells[column] = value
+    return "\t".join(cells)
 
 
 def _cell(line: str, column: int) -> str:
@@ -494,13 +701,13 @@ def _cell(line: str, column: int) -> str:
     return cells[column] if column < len(cells) else ""
 
 
-def _write_description(source: Path, target: Path, **_) -> None:
+def _write_description(source: Path, target: Path, *, plan: Plan, **_) -> None:
     """``dataset_description.json`` with bidsreface added to ``GeneratedBy``."""
     description = json.loads(source.read_text("utf-8"))
     generated = description.get("GeneratedBy")
     description["GeneratedBy"] = [*(generated if isinstance(generated, list) else []), {
         "Name": "bidsreface", "Version": __version__, "CodeURL": __codeurl__,
-        "Description": EXPORT_NOTE}]
+        "Description": EXPORT_NOTE + method_note(plan.dates)}]
     _write_new(target, _json_bytes(description))
 
 

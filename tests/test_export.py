@@ -20,9 +20,10 @@ from conftest import checksums
 
 from bidsreface.bids import AnatImage, derivative_path
 from bidsreface.config import IDENTIFYING_FIELDS, Settings
+from bidsreface.dates import shift_days, shift_value
 from bidsreface.derivatives import failure_path, qc_path
 from bidsreface.errors import UsageError
-from bidsreface.export import LISTING, export_dataset
+from bidsreface.export import LISTING, MANIFEST, export_dataset
 from bidsreface.image import stored_values
 
 IDENTIFYING = {"InstitutionName": "Demo Hospital", "PatientName": "Doe^Jane",
@@ -147,9 +148,19 @@ def test_images_replaced_or_left_out_and_listed(small, capsys):
     summary = export_dataset(settings)
     export = settings.export_bids
     assert (summary["deidentified"], summary["left_out"], summary["other"]) == (2, 3, 7)
-    assert capsys.readouterr().err.strip() == (
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"bidsreface: export: 2 images de-identified, 3 left out, 7 other paths left out "
-        f"(see {export / LISTING})")
+        f"(see {export / LISTING})",
+        "bidsreface: export: 3 left out: belongs to a left-out file",
+        "bidsreface: export: 2 left out: hidden",
+        "bidsreface: export: 1 left out: de-identification failed",
+        "bidsreface: export: 1 left out: derivatives of the raw data: they may show the "
+        "original faces",
+        "bidsreface: export: 1 left out: its de-identified image does not match the raw image "
+        "as it is now (changed since: run bidsreface on it again)",
+        "bidsreface: export: 1 left out: not de-identified: no bidsreface record of it in the "
+        "output folder",
+        "bidsreface: export: 1 left out: source data: holds the original images"]
     left_out = listing(export)
     hidden = left_out[".git/"]
     assert hidden.startswith("hidden: not part of the dataset")
@@ -169,7 +180,7 @@ def test_images_replaced_or_left_out_and_listed(small, capsys):
     }
     exported = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
     assert exported == sorted([
-        ".bidsignore", "README", "T1w.json", "code/convert.sh", LISTING,
+        ".bidsignore", "README", "T1w.json", "code/convert.sh", LISTING, MANIFEST,
         "dataset_description.json", "participants.tsv", "sub-01/sub-01_scans.tsv",
         "sub-01/anat/sub-01_T1w.json", "sub-01/anat/sub-01_T1w.nii.gz",
         "sub-01/func/sub-01_task-rest_bold.json", "sub-01/func/sub-01_task-rest_bold.nii.gz",
@@ -189,7 +200,9 @@ def test_exported_images_are_the_deidentified_ones(small):
     meta = json.loads((export / "sub-01/anat/sub-01_T1w.json").read_text())
     assert meta["EchoTime"] == 0.003 and "Sources" not in meta
     assert meta["DeidentificationMethod"] == [
-        "Defaced by bidsreface 0.1.0: the voxels of the face mask set to background."]
+        "Defaced by bidsreface 0.1.0: the voxels of the face mask set to background. Dates "
+        "(acq_time, date and time fields) shifted by a number of days drawn per participant, "
+        "into 1925 or earlier; the intervals within a participant and the times of day kept."]
     # a one-volume 4D image: refaced, written 3D (the validator refuses a 4D T1w)
     t1 = nb.load(export / "sub-02/anat/sub-02_T1w.nii.gz")
     refaced = nb.load(out / "sub-02/anat/sub-02_desc-refaced_T1w.nii.gz")
@@ -217,12 +230,15 @@ def test_other_files_linked_sidecars_scrubbed_scans_filtered(small):
     assert not (export / "T1w.json").samefile(bids / "T1w.json")
     bold = json.loads((export / "sub-01/func/sub-01_task-rest_bold.json").read_text())
     assert bold == {"RepetitionTime": 2.0, "TaskName": "rest"}
+    days = shift_days(settings.random_seed, "01")  # --dates shift, the default
     assert (export / "sub-01/sub-01_scans.tsv").read_text() == (
-        "filename\tacq_time\nanat/sub-01_T1w.nii.gz\t2020-01-02T10:11:12\n"
-        "func/sub-01_task-rest_bold.nii.gz\t2020-01-02T10:31:12\n")
+        f"filename\tacq_time\nanat/sub-01_T1w.nii.gz\t{shift_value('2020-01-02T10:11:12', days)}"
+        f"\nfunc/sub-01_task-rest_bold.nii.gz\t{shift_value('2020-01-02T10:31:12', days)}\n")
+    assert shift_value("2020-01-02T10:31:12", days).startswith(("18", "19"))
     description = json.loads((export / "dataset_description.json").read_text())
     assert description["DatasetType"] == "raw" and description["Name"] == "small"
     assert description["GeneratedBy"][-1]["Name"] == "bidsreface"
+    assert "Dates (acq_time" in description["GeneratedBy"][-1]["Description"]
 
 
 def test_small_export_passes_the_validator(small):
@@ -246,15 +262,52 @@ def test_target_folder_rules(small):
     target = settings.export_bids
     target.mkdir(parents=True)  # empty: fine
     export_dataset(settings)
-    (target / "stray.txt").write_text("x")
-    export_dataset(settings)  # an earlier export is replaced as a whole
-    assert not (target / "stray.txt").exists() and (target / LISTING).is_file()
+    export_dataset(settings)  # an earlier export that holds nothing else is replaced
+    assert (target / LISTING).is_file() and (target / MANIFEST).is_file()
+    (target / "stray.txt").write_text("x")  # a file the export did not write: refused
+    with pytest.raises(UsageError, match="holds stray.txt, not written by the export"):
+        export_dataset(settings)
+    assert (target / "stray.txt").read_text() == "x"
+    (target / "stray.txt").unlink()
+    readme = target / "README"
+    readme.unlink()
+    readme.write_text("edited\n")  # a file changed since the export wrote it: refused
+    with pytest.raises(UsageError, match="holds README, changed since the export wrote it"):
+        export_dataset(settings)
+    assert readme.read_text() == "edited\n"
     foreign = target.parent / "foreign"
     _write(foreign / "notes.txt", "mine")
-    with pytest.raises(UsageError, match="not empty and holds no earlier export"):
+    with pytest.raises(UsageError, match="holds no manifest of an earlier export"):
         export_dataset(Settings(**{**settings.__dict__, "export_bids": foreign}))
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["deid", "foreign"]
+
+
+def test_dates_shifted_removed_or_kept(small):
+    settings, bids, _ = small
+    _write(bids / "sub-01/anat/sub-01_T1w.json", {"EchoTime": 0.003, "ScanDate": "2020-01-02",
+                                                 "SeriesTime": "10:11:12"})
+    _write(bids / "T1w.json", {"RepetitionTime": 2.0, "ScanDate": "2020-01-02"})
+    for dates in ("shift", "remove", "keep"):
+        target = settings.export_bids.with_name(dates)
+        export_dataset(Settings(**{**settings.__dict__, "dates": dates, "export_bids": target}))
+        meta = json.loads((target / "sub-01/anat/sub-01_T1w.json").read_text())
+        scans = (target / "sub-01/sub-01_scans.tsv").read_text().splitlines()
+        top = json.loads((target / "T1w.json").read_text())
+        if dates == "keep":
+            assert meta["ScanDate"] == "2020-01-02" and top["ScanDate"] == "2020-01-02"
+            assert scans[1] == "anat/sub-01_T1w.nii.gz\t2020-01-02T10:11:12"
+        elif dates == "remove":
+            assert "ScanDate" not in meta and "SeriesTime" not in meta and "ScanDate" not in top
+            assert scans[1:] == ["anat/sub-01_T1w.nii.gz\tn/a",
+                                 "func/sub-01_task-rest_bold.nii.gz\tn/a"]
+        else:
+            days = shift_days(0, "01")
+            assert meta["ScanDate"] == shift_value("2020-01-02", days) <= "1925-12-31"
+            assert meta["SeriesTime"] == "10:11:12" and meta["EchoTime"] == 0.003
+            assert scans[1] == f"anat/sub-01_T1w.nii.gz\t{meta['ScanDate']}T10:11:12"
+            assert "ScanDate" not in top  # of no participant: no shift fits every one
+        assert ("Dates" in meta["DeidentificationMethod"][0]) == (dates != "keep")
 
 
 def test_work_and_output_folders_inside_the_dataset_left_out(small):

@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the inputs' NIfTI header extensions in the outputs (by "
                              "default they are dropped: they may hold DICOM headers, names "
                              "and dates)")
+    method.add_argument("--dates", choices=("shift", "remove", "keep"), default="shift",
+                        help="dates in sidecars and *_scans.tsv: shifted by a number of days "
+                             "drawn per participant into 1925 or earlier, intervals kept (as "
+                             "BIDS recommends), removed, or kept as they are")
     return parser
 
 
@@ -333,9 +337,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             if _is_within(export_bids, other) or _is_within(other, export_bids):
                 raise UsageError(f"--export-bids {export_bids} overlaps {name} {other}; "
                                  f"give a directory of its own")
+        from bidsreface.content import content_problem
         from bidsreface.export import check_target
 
         check_target(export_bids)  # refused now, not after the run
+        description = bids_dir / "dataset_description.json"
+        problem = (description.is_symlink() or description.exists()) and content_problem(
+            description, bids_dir)
+        if problem:
+            raise UsageError(f"{description}: {problem}")
 
     use_plugin = load_plugin(opts.use_plugin) if opts.use_plugin else None
 
@@ -371,5 +381,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         reface_region=opts.reface_region,
         brain_margin_mm=opts.brain_margin_mm,
         keep_nifti_extensions=opts.keep_nifti_extensions,
+        dates=opts.dates,
         verbosity=opts.verbosity,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .. import __version__
+from ..content import content_problem
 from ..derivatives import read_records
 from .common import data_uri, image_anchor, render_template, write_text_atomic
 from .tables import flags, metric_rows
@@ -27,7 +29,8 @@ def crash_files(log_dir: Path) -> list[dict]:
     """The nipype crash files of a participant: name, relative link and their last lines."""
     crashes = []
     for path in sorted(Path(log_dir).glob("crash-*.txt")):
-        lines = path.read_text(errors="replace").splitlines()
+        problem = content_problem(path, Path(log_dir).parent.parent)
+        lines = [problem] if problem else path.read_text(errors="replace").splitlines()
         crashes.append({"name": path.name,
                         "link": f"{path.parent.parent.name}/log/{path.name}",
                         "excerpt": "\n".join(lines[-CRASH_LINES:])})
@@ -61,6 +64,11 @@ def image_section(record: dict, subject_dir: Path) -> dict:
     figures = []
     for name, rel in sorted((record.get("outputs") or {}).get("figures", {}).items(),
                             key=lambda item: list(FIGURE_CAPTIONS).index(item[0])):
+        problem = content_problem(subject_dir / rel, subject_dir.parent)
+        if problem:  # an unfetched git-annex file: the report goes on without it
+            print(f"bidsreface: {subject_dir / rel}: figure left out of the report: {problem}",
+                  file=sys.stderr)
+            continue
         figures.append({"name": name, "caption": FIGURE_CAPTIONS[name],
                         "uri": data_uri(subject_dir / rel), "file": rel})
     return {
@@ -82,7 +90,7 @@ def participant_report(output_dir: Path, subject: str) -> str:
     """The HTML of the report of participant *subject* (from what is under *output_dir*)."""
     output_dir = Path(output_dir)
     subject_dir = output_dir / f"sub-{subject}"
-    records = [r for r in read_records(output_dir)
+    records = [r for r in read_records(output_dir, subject)
                if r["source"].split("/")[0] == f"sub-{subject}"]
     images = [image_section(r, subject_dir) for r in records]
     return render_template(
