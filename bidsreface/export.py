@@ -255,8 +255,8 @@ def check_target(target: Path) -> bool:
                              f"directory (publish the export from there)")
     manifest = _read_manifest(target)
     if manifest is None:
-        raise UsageError(f"{refuse} holds no manifest of an earlier export by bidsreface "
-                         f"({MANIFEST}); give a new or empty directory")
+        raise UsageError(f"--export-bids {target} is not empty and holds no earlier export by "
+                         f"bidsreface (no {MANIFEST}); give a new or empty directory")
     foreign, changed = [], []
     for folder, dirnames, filenames in os.walk(target):
         here = Path(folder)

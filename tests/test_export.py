@@ -277,7 +277,7 @@ def test_target_folder_rules(small):
     assert readme.read_text() == "edited\n"
     foreign = target.parent / "foreign"
     _write(foreign / "notes.txt", "mine")
-    with pytest.raises(UsageError, match="holds no manifest of an earlier export"):
+    with pytest.raises(UsageError, match="not empty and holds no earlier export"):
         export_dataset(Settings(**{**settings.__dict__, "export_bids": foreign}))
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["deid", "foreign"]
@@ -364,7 +364,7 @@ def test_export_copies_everything_else(run):
     bids, export = run["bids"], run["export"]
     raw = checksums(bids)
     exported = checksums(export)
-    assert sorted(exported) == sorted([*raw, LISTING])
+    assert sorted(exported) == sorted([*raw, LISTING, MANIFEST])
     changed = sorted(rel for rel in raw if raw[rel] != exported[rel])
     assert changed == sorted([*run["manifest"], "dataset_description.json",
                               *(rel.replace(".nii.gz", ".json") for rel in run["manifest"])])
@@ -379,3 +379,23 @@ def test_export_holds_nothing_of_an_original_face(run):
 
     faces = original_faces(run["bids"], read_records(run["out"]))
     assert scan_for_original_faces([run["export"]], run["bids"], run["manifest"], faces) == []
+
+
+def test_derivative_sidecars_dates(tmp_path):
+    """The participant level's sidecars: dates left by the scrub shifted by the same days as
+    the export's (the participant's, from --random-seed), removed, or kept."""
+    from bidsreface.bids import write_sidecar
+
+    bids = tmp_path / "bids"
+    raw = bids / "sub-07/ses-2/anat/sub-07_ses-2_T1w.nii.gz"
+    _write(raw.with_name("sub-07_ses-2_T1w.json"),
+           {"EchoTime": 0.003, "ScanDate": "20200102", "AcquisitionDateTime": "2020-01-02T10:11"})
+    image = AnatImage.from_path(raw, bids_dir=bids)
+    for dates, expected in (("shift", shift_value("20200102", shift_days(3, "07"))),
+                            ("remove", None), ("keep", "20200102")):
+        target = tmp_path / f"{dates}.json"
+        write_sidecar(target, image, {"Extra": 1}, dates=dates, seed=3)
+        meta = json.loads(target.read_text())
+        assert meta.get("ScanDate") == expected and meta["EchoTime"] == 0.003
+        assert "AcquisitionDateTime" not in meta  # identifying: removed whatever --dates says
+    assert shift_value("20200102", shift_days(3, "07")) < "19260101"
