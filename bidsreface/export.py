@@ -355,10 +355,23 @@ def plan_export(bids_dir: Path, output_dir: Path, *, refaced: bool = True,
         if _ANAT_IMAGE.match(relpath):
             _plan_image(plan, relpath, Path(bids_dir), Path(output_dir), records.get(relpath),
                         refaced)
+    owners = {_stem_key(path): path for path in plan.left_out if _stem_key(path)
+              and not path.endswith(_COMPANIONS)}
     for relpath in files:
         if not _ANAT_IMAGE.match(relpath):
-            _plan_other(plan, relpath, Path(bids_dir))
+            _plan_other(plan, relpath, Path(bids_dir), owners)
     return plan
+
+
+def _stem_key(relpath: str) -> str | None:
+    """``folder/stem`` of a participant's file (its name up to the first dot), else None.
+
+    >>> _stem_key("sub-01/func/sub-01_task-rest_bold.nii.gz"), _stem_key("README")
+    ('sub-01/func/sub-01_task-rest_bold', None)
+    """
+    folder, _, name = relpath.rpartition("/")
+    stem, dot, _ = name.partition(".")
+    return f"{folder}/{stem}" if folder.startswith("sub-") and dot else None
 
 
 def _walk(bids_dir: Path, skip: dict[Path, str], left_out: dict[str, str]) -> list[str]:
@@ -507,10 +520,12 @@ def _header_note(record: dict) -> str:
     return f" NIfTI header: {'; '.join(parts)}." if parts else ""
 
 
-def _plan_other(plan: Plan, relpath: str, bids_dir: Path) -> None:
-    """What becomes of a file that is not an anatomical image."""
+def _plan_other(plan: Plan, relpath: str, bids_dir: Path, owners: dict[str, str]) -> None:
+    """What becomes of a file that is not an anatomical image (*owners*: the left-out data
+    files by :func:`_stem_key`; their sidecars go with them)."""
     image = _image_of(relpath, plan)
-    owner = image if image in plan.left_out else _left_out_owner(relpath, plan)
+    owner = image if image in plan.left_out else (
+        owners.get(_stem_key(relpath) or "") if relpath.endswith(_COMPANIONS) else None)
     if owner is not None:
         plan.left_out[relpath] = f"belongs to the left-out {owner.rsplit('/', 1)[-1]}"
     elif image is not None and relpath.endswith(".json"):
@@ -535,21 +550,6 @@ def _image_of(relpath: str, plan: Plan) -> str | None:
     for ext in (".nii.gz", ".nii"):
         if stem + ext in plan.files or stem + ext in plan.left_out:
             return stem + ext
-    return None
-
-
-def _left_out_owner(relpath: str, plan: Plan) -> str | None:
-    """The left-out data file of a participant whose sidecar (``.json``, ``.bval``,
-    ``.bvec`` of the same name) *relpath* is: it goes with it."""
-    folder, _, name = relpath.rpartition("/")
-    stem, dot, extension = name.partition(".")
-    if not folder.startswith("sub-") or not dot or f".{extension}" not in _COMPANIONS:
-        return None
-    prefix = f"{folder}/{stem}."
-    for other in plan.left_out:
-        if (other.startswith(prefix) and "/" not in other[len(prefix):]
-                and f".{other[len(prefix):]}" not in _COMPANIONS):
-            return other
     return None
 
 

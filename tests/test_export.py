@@ -399,3 +399,49 @@ def test_derivative_sidecars_dates(tmp_path):
         assert meta.get("ScanDate") == expected and meta["EchoTime"] == 0.003
         assert "AcquisitionDateTime" not in meta  # identifying: removed whatever --dates says
     assert shift_value("20200102", shift_days(3, "07")) < "19260101"
+
+
+def test_absent_content_left_out_with_sidecars_and_rows(small, capsys):
+    """A bold whose content is not here (a git-annex link not fetched) is left out with its
+    sidecar and its scans row, listed with the hint, and counted by reason."""
+    settings, bids, _ = small
+    bold = bids / "sub-01/func/sub-01_task-rest_bold.nii.gz"
+    bold.unlink()
+    bold.symlink_to("../../.git/annex/objects/Xy/Zw/SHA256E-s1--0.nii.gz/SHA256E-s1--0.nii.gz")
+    export_dataset(settings)
+    export = settings.export_bids
+    left_out = listing(export)
+    relpath = "sub-01/func/sub-01_task-rest_bold.nii.gz"
+    assert left_out[relpath] == f"content not present (git-annex): run 'datalad get {relpath}'"
+    assert left_out["sub-01/func/sub-01_task-rest_bold.json"] == (
+        "belongs to the left-out sub-01_task-rest_bold.nii.gz")
+    assert not (export / "sub-01/func").exists()
+    assert "func/" not in (export / "sub-01/sub-01_scans.tsv").read_text()
+    err = capsys.readouterr().err
+    assert "bidsreface: export: 1 left out: content not present (git-annex)\n" in err
+    assert "bidsreface: export: 4 left out: belongs to a left-out file\n" in err
+    assert not [p for p in export.rglob("*") if p.is_symlink()]
+    errors, _ = validate(export)
+    assert errors == []
+
+
+def test_links_followed_and_an_export_without_images_refused(small, capsys):
+    """Files that are symbolic links are exported as their content (never a link); an export
+    that would hold no de-identified image writes nothing."""
+    settings, bids, out = small
+    readme = bids / "README"
+    content = bids / ".git/annex/objects/README-content"
+    content.write_text("A small dataset.\n")
+    readme.unlink()
+    readme.symlink_to(os.path.relpath(content, readme.parent))
+    export_dataset(settings)
+    exported = settings.export_bids / "README"
+    assert not exported.is_symlink() and exported.read_text() == "A small dataset.\n"
+    assert exported.samefile(content)  # a hard link to the content, not to the link
+    for path in out.glob("sub-*/anat/*_desc-qc_*.json"):
+        path.unlink()
+    target = settings.export_bids.with_name("none")
+    with pytest.raises(UsageError, match=r"^--export-bids: no de-identified image to export "
+                                         r"\(4 not de-identified: no bidsreface record"):
+        export_dataset(Settings(**{**settings.__dict__, "export_bids": target}))
+    assert not target.exists()
