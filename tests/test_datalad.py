@@ -173,6 +173,7 @@ def test_reexport_into_a_datalad_dataset_is_refused(run, datasets, tmp_path, cap
     export_dataset(_settings(bids, run["out"], export))  # holding nothing else: replaced
     again = [str(bids), str(run["out"]), "group", "--export-bids", str(export)]
     datalad("create", "--force", str(export))
+    capsys.readouterr()
     datalad("save", "-d", str(export), "-m", "the export")
     head = git("rev-parse", "HEAD", cwd=export)
     assert main(again) == 2
