@@ -445,3 +445,40 @@ def test_links_followed_and_an_export_without_images_refused(small, capsys):
                                          r"\(4 not de-identified: no bidsreface record"):
         export_dataset(Settings(**{**settings.__dict__, "export_bids": target}))
     assert not target.exists()
+
+
+def test_dates_option(tmp_path):
+    """``--dates``: shift by default (as BIDS recommends), remove or keep; nothing else."""
+    from bidsreface.cli.parser import parse_args
+
+    (tmp_path / "bids").mkdir()
+    args = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--reface", "none"]
+    assert parse_args(args).dates == "shift"
+    assert parse_args([*args, "--dates", "remove"]).dates == "remove"
+    with pytest.raises(UsageError, match="--dates: invalid choice: 'never'"):
+        parse_args([*args, "--dates", "never"])
+
+
+def test_unreadable_records_skipped_with_a_line(small, capsys):
+    """A record whose content is not here (an unfetched git-annex file) or that is damaged is
+    skipped with one line naming it; its image is left out as not de-identified."""
+    from bidsreface.derivatives import read_records
+
+    settings, bids, out = small
+    record = out / "sub-01/anat/sub-01_desc-qc_T1w.json"
+    record.unlink()
+    record.symlink_to("../../.git/annex/objects/Xy/Zw/KEY.json/KEY.json")
+    damaged = out / "sub-02/anat/sub-02_desc-qc_T1w.json"
+    damaged.write_text("{")
+    records = read_records(out)
+    assert sorted(r["source"] for r in records) == ["sub-01/anat/sub-01_T2w.nii.gz",
+                                                     "sub-03/anat/sub-03_T1w.nii.gz"]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"bidsreface: {record}: record skipped: content not present (git-annex): "
+                      f"run 'datalad get sub-01/anat/sub-01_desc-qc_T1w.json'")
+    assert err[1].startswith(f"bidsreface: {damaged}: record skipped: not valid JSON")
+    assert len(err) == 2
+    with pytest.raises(UsageError, match="no de-identified image to export"):
+        export_dataset(settings)
+    assert [line for line in capsys.readouterr().err.splitlines()
+            if "record skipped" in line] == [f"bidsreface: export: {line[12:]}" for line in err]
