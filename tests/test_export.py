@@ -482,3 +482,16 @@ def test_unreadable_records_skipped_with_a_line(small, capsys):
         export_dataset(settings)
     assert [line for line in capsys.readouterr().err.splitlines()
             if "record skipped" in line] == [f"bidsreface: export: {line[12:]}" for line in err]
+
+
+def test_final_check_refuses_a_link(tmp_path):
+    """The export's last check: a symbolic link anywhere in the built copy fails it loudly."""
+    from bidsreface.export import check_no_links
+
+    built = tmp_path / "built"
+    _write(built / "sub-01/anat/sub-01_T1w.json", "{}")
+    check_no_links(built, tmp_path / "export")
+    (built / "sub-01/anat/sub-01_T1w.nii.gz").symlink_to("../../../elsewhere.nii.gz")
+    with pytest.raises(UsageError, match=r"^--export-bids: sub-01/anat/sub-01_T1w.nii.gz would "
+                                         r"be a symbolic link in the export; nothing written"):
+        check_no_links(built, tmp_path / "export")
