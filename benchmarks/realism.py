@@ -11,7 +11,11 @@ by the template's face (``template``), seed 0, and compared with its original in
 deface mask (:mod:`bidsreface.qc.realism`): histogram distance (target <= 0.05), dark share
 ratio (0.7-1.3), gradient magnitude ratio (0.8-1.25), noise ratio (0.8-1.25, against the
 tissue around the region) and the noise against the original's in the region (``n/orig``,
-0.8-1.25). Downstream:
+0.8-1.25); inside the head, where noise cannot fake them (at least 6 mm inside both the
+original's and the refaced head's outline, in the mask), the dark share (below 0.15 of the
+image's 99.5th percentile) against the original's same voxels (``in-dark``, 0.7-1.3, and at
+least 0.5 on every image: the lowest is printed) and the mean gradient magnitude after a 3 mm
+Gaussian against the original's (``struct``, 0.8-1.25). Downstream:
 the brain mask network (deepbet, as bidsreface runs it) on the refaced image against its
 mask of the original (the one its defacing used): Dice (target median >= 0.99) and volume
 difference (median |difference| <= 1 %). One row per image and method, then the medians
@@ -40,6 +44,7 @@ from validation import methods as chosen_methods  # noqa: E402
 TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
            "gradient_ratio": (0.8, 1.25), "noise_ratio": (0.8, 1.25),
            "noise_vs_original": (0.8, 1.25),
+           "inner_dark_ratio": (0.7, 1.3), "structure_ratio": (0.8, 1.25),
            "brain_dice": (0.99, 1.0), "brain_volume_pct": (-1.0, 1.0)}
 
 
@@ -92,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "registry": row["registry"],
                                 "voxel_mm": float(np.mean(zooms)), **figures})
     print(f"{'image':<44}{'method':<12}{'mm':>5}{'hist':>8}{'dark o/r':>14}{'dark':>7}"
-          f"{'grad':>7}{'noise':>7}{'n/orig':>7}{'Dice':>8}{'vol %':>8}")
+          f"{'grad':>7}{'noise':>7}{'n/orig':>7}{'in-dark o/r':>14}{'in-dark':>8}{'struct':>7}"
+          f"{'Dice':>8}{'vol %':>8}")
     for r in results:
         print(f"{r['image'][:43]:<44}{r['method']:<12}{r['voxel_mm']:>5.2f}"
               f"{r['histogram_distance']:>8.3f}"
               f"{r['dark_share_original']:>7.3f}/{r['dark_share_refaced']:<6.3f}"
               f"{r['dark_ratio']:>7.2f}{r['gradient_ratio']:>7.2f}{r['noise_ratio']:>7.2f}"
-              f"{r['noise_vs_original']:>7.2f}{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
+              f"{r['noise_vs_original']:>7.2f}"
+              f"{r['inner_dark_original']:>7.3f}/{r['inner_dark_refaced']:<6.3f}"
+              f"{r['inner_dark_ratio']:>8.2f}{r['structure_ratio']:>7.2f}"
+              f"{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
     print("\nmedian [images within target / images]")
     for group, test in (("finer than 1.5 mm", lambda r: r["voxel_mm"] < 1.5
                          and not r["registry"]),
@@ -114,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 values = np.array([r[key] for r in chosen], dtype=float)
                 within = int(np.sum((values >= lo) & (values <= hi)))
                 median = np.nanmedian(np.abs(values) if key == "brain_volume_pct" else values)
-                name = "noise/orig" if key == "noise_vs_original" else key.split("_")[0]
+                name = {"noise_vs_original": "noise/orig", "inner_dark_ratio": "in-dark",
+                        "structure_ratio": "struct"}.get(key, key.split("_")[0])
                 parts.append(f"{name}{'|vol|' if 'volume' in key else ''} "
                              f"{median:.3f} [{within}/{len(values)}]")
+            lowest = np.nanmin([r["inner_dark_ratio"] for r in chosen])
+            parts.append(f"in-dark lowest {lowest:.2f}")
             print(f"  {group:<20}{label:<12}" + "  ".join(parts))
     return 0
 
