@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 from build_model import person_of, split_people  # noqa: E402
 
 OUT = ROOT / "bidsreface" / "data" / "models" / "prior_T1w.npz"
+#: The shape modes keep every SHAPE_STRIDE-th voxel of the box along each axis.
+SHAPE_STRIDE = 2
 ATTRIBUTION = ('IXI Dataset, Information eXtraction from Images (EPSRC GR/S21533/02), '
                'CC BY-SA 3.0')
 
@@ -223,17 +225,19 @@ def main(argv=None) -> int:
     mean = nb.load(template).get_fdata(dtype=np.float32)
     warped = np.stack([nb.load(f["warped"]).get_fdata(dtype=np.float32).ravel()
                        for f in done])
-    shift = np.stack([nb.load(f["inv"]).get_fdata(dtype=np.float32).reshape(-1)
-                      for f in done])
+    # the displacements are smooth (SyN's flow_sigma): every SHAPE_STRIDE-th voxel is kept
+    shift = np.stack([nb.load(f["inv"]).get_fdata(dtype=np.float32).reshape(
+        (*mean.shape, 3))[::SHAPE_STRIDE, ::SHAPE_STRIDE, ::SHAPE_STRIDE].reshape(-1)
+        for f in done])
     appearance, appearance_share = principal_modes(warped, args.modes)
     shape, shape_share = principal_modes(shift, args.modes)
-    warp_shape = nb.load(done[0]["inv"]).shape
+    warp_shape = tuple(len(range(0, n, SHAPE_STRIDE)) for n in mean.shape) + (3,)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out, template=mean.astype(np.float16),
         appearance_modes=appearance.reshape((-1, *mean.shape)).astype(np.float16),
         shape_modes=shape.reshape((-1, *warp_shape)).astype(np.float16),
-        box=json.dumps(box.to_dict()))
+        shape_stride=SHAPE_STRIDE, box=json.dumps(box.to_dict()))
     minutes = (time.perf_counter() - started) / 60
     card = {
         "name": "bidsreface face-region prior (T1w)",
@@ -252,8 +256,9 @@ def main(argv=None) -> int:
                      "intensity": "bidsreface.reface.space.intensity_scaling, mapped to 0-1"},
         "fields": {"template": "0-1 intensities on the box (float16)",
                    "appearance_modes": "modes x box, one SD each",
-                   "shape_modes": "modes x box x 3: displacement (mm, ITK LPS) from template "
-                                  "space to a head, one SD each"},
+                   "shape_modes": "modes x (box / shape_stride) x 3: displacement (mm, ITK "
+                                  "LPS) from template space to a head, one SD each, every "
+                                  "shape_stride-th voxel of the box"},
         "note": args.note,
         "variance_share": {"appearance": np.round(appearance_share, 3).tolist(),
                            "shape": np.round(shape_share, 3).tolist()},
