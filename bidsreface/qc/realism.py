@@ -21,6 +21,19 @@ of the original image:
     the same region: where the region's surroundings are mostly brain (the whole-head region),
     whose folds raise the spread around it, this is the figure that says whether the region's
     texture is the image's.
+
+The figures above can be reached by image-matched noise and by air drawn from the background;
+two more are measured where noise cannot fake them, inside the head (:func:`inner_voxels`:
+the mask's voxels at least :data:`INNER_MM` inside both the original's and the refaced head's
+outline):
+
+``inner_dark_ratio``
+    The share of dark voxels inside the head (airways, sinuses, cortical bone: below
+    :data:`INNER_DARK_FRACTION` of each image's 99.5th percentile), refaced over original.
+``structure_ratio``
+    The mean gradient magnitude after a Gaussian of :data:`STRUCTURE_SIGMA_MM` (standard
+    deviation) inside the head, refaced over original: structure at anatomical scale, which
+    voxel noise does not reach.
 """
 
 from __future__ import annotations
@@ -31,6 +44,14 @@ import numpy as np
 DARK_FRACTION = 0.2
 #: Tissue is above this share of the head's 99.5th percentile (the noise figure's voxels).
 TISSUE_FRACTION = 0.2
+#: Inner voxels are at least this far (mm) inside both heads' outlines.
+INNER_MM = 6.0
+#: Inner dark voxels are below this share of the image's 99.5th percentile.
+INNER_DARK_FRACTION = 0.15
+#: Standard deviation (mm) of the Gaussian before the structure figure's gradient.
+STRUCTURE_SIGMA_MM = 3.0
+#: Radius (mm) of the closing that seals nostrils and lips in :func:`head_outline`.
+OUTLINE_CLOSING_MM = 4.0
 
 
 def head_level(data: np.ndarray) -> float:
@@ -66,6 +87,112 @@ def local_noise(data: np.ndarray, where: np.ndarray) -> float:
     return robust_sigma(high_pass(data)[where])
 
 
+def head_outline(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The solid head: above half of Otsu's threshold (over the image's minimum), its largest
+    component, closed over :data:`OUTLINE_CLOSING_MM` (nostrils and lips sealed) and its holes
+    filled in 3D and slice by slice along every axis (so airways and sinuses are inside)."""
+    from scipy import ndimage
+
+    from ..deface.register import otsu
+
+    data = np.asarray(data, dtype=np.float32)
+    lowest = float(data.min())
+    values = data[data > np.percentile(data, 2)]
+    threshold = otsu(values) if values.size else lowest
+    mask = data > lowest + 0.5 * (threshold - lowest)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    radius = np.maximum(np.round(OUTLINE_CLOSING_MM / zooms).astype(int), 1)
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
+    padded = np.pad(mask, [(r, r) for r in radius])
+    mask = ndimage.binary_closing(padded, structure=ball)[
+        tuple(slice(r, -r) for r in radius)]
+    mask = ndimage.binary_fill_holes(mask)
+    for axis in range(3):
+        for i in range(mask.shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = i
+            mask[tuple(index)] = ndimage.binary_fill_holes(mask[tuple(index)])
+    return mask
+
+
+def inner_voxels(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
+                 affine: np.ndarray, inner_mm: float = INNER_MM) -> np.ndarray:
+    """The mask's voxels at least ``inner_mm`` inside both heads' outlines
+    (:func:`head_outline`, Euclidean distance in mm)."""
+    from scipy import ndimage
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    inside = np.asarray(mask, bool).copy()
+    for data in (original, refaced):
+        depth = ndimage.distance_transform_edt(head_outline(data, affine), sampling=zooms)
+        inside &= depth >= inner_mm
+    return inside
+
+
+def dark_share(data: np.ndarray, where: np.ndarray, level: float, floor: float | None = None,
+               fraction: float = INNER_DARK_FRACTION) -> float:
+    """The share of ``where``'s voxels below ``fraction`` of ``level`` above ``floor`` (the
+    image's minimum unless given); nan when ``where`` is empty.
+
+    >>> dark_share(np.array([0.0, 1.0, 5.0, 10.0]), np.array([False, True, True, True]), 10.0)
+    0.3333
+    """
+    values = np.asarray(data, dtype=np.float32)
+    if not np.any(where):
+        return float("nan")
+    floor = float(values.min()) if floor is None else floor
+    return round(float((values[where] < floor + fraction * level).mean()), 4)
+
+
+def smooth_gradient(data: np.ndarray, affine: np.ndarray,
+                    sigma_mm: float = STRUCTURE_SIGMA_MM) -> np.ndarray:
+    """Gradient magnitude per mm after a Gaussian of ``sigma_mm`` (standard deviation)."""
+    from scipy import ndimage
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    smooth = ndimage.gaussian_filter(np.asarray(data, dtype=np.float32), sigma_mm / zooms)
+    return gradient_magnitude(smooth, affine)
+
+
+def inner_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
+                  affine: np.ndarray) -> dict:
+    """The inner dark share and the anatomical-scale structure of the module's docstring.
+
+    Computed on the box around the mask grown by 12 mm plus the structure Gaussian's reach,
+    which holds every outline point within :data:`INNER_MM` of a mask voxel.
+    """
+    from ..reface.space import mask_box
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    pad = int(np.ceil((12.0 + 4 * STRUCTURE_SIGMA_MM) / zooms.min()))
+    box = mask_box(np.asarray(mask, bool), pad=pad)
+    nan = float("nan")
+    if box is None:
+        return {"inner_voxels": 0, "inner_dark_original": nan, "inner_dark_refaced": nan,
+                "inner_dark_ratio": nan, "structure_ratio": nan}
+    o = np.asarray(original, dtype=np.float32)
+    r = np.asarray(refaced, dtype=np.float32)
+    level_o, level_r = head_level(o), head_level(r)
+    floor_o, floor_r = float(o.min()), float(r.min())
+    o, r, m = o[box], r[box], np.asarray(mask, bool)[box]
+    inner = inner_voxels(o, r, m, affine)
+    dark_o = dark_share(o, inner, level_o, floor_o)
+    dark_r = dark_share(r, inner, level_r, floor_r)
+    structure_o = float(smooth_gradient(o, affine)[inner].mean()) if inner.any() else nan
+    structure_r = float(smooth_gradient(r, affine)[inner].mean()) if inner.any() else nan
+    return {
+        "inner_voxels": int(inner.sum()),
+        "inner_dark_original": dark_o,
+        "inner_dark_refaced": dark_r,
+        "inner_dark_ratio": round(dark_r / dark_o, 3) if dark_o > 0 else nan,
+        "structure_ratio": round(structure_r / structure_o, 3) if structure_o > 0 else nan,
+    }
+
+
 def realism_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
                     affine: np.ndarray) -> dict:
     """The figures of the module's docstring for one refaced image."""
@@ -98,4 +225,5 @@ def realism_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
         "gradient_ratio": round(grad_r / grad_o, 3) if grad_o > 0 else float("nan"),
         "noise_ratio": round(noise_in / noise_out, 3) if noise_out > 0 else float("nan"),
         "noise_vs_original": round(noise_in / noise_o, 3) if noise_o > 0 else float("nan"),
+        **inner_figures(original, refaced, mask, affine),
     }
