@@ -21,7 +21,7 @@ version = release = __version__
 
 extensions = ["myst_parser", "sphinxarg.ext", "bidsreface_docs"]
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_schemas", "Thumbs.db", ".DS_Store"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 

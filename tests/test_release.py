@@ -238,3 +238,30 @@ def test_bosh_refuses_a_bad_choice(tmp_path):
     bad.write_text(json.dumps(invocation))
     result = _bosh("exec", "simulate", str(DESCRIPTOR), "-i", str(bad))
     assert result.returncode != 0
+
+
+# --------------------------------------------------------------------------- CITATION.cff
+
+
+def _citation_errors(citation: dict) -> list[str]:
+    """Errors of a citation against the Citation File Format 1.2.0 schema (the schema
+    ``cffconvert --validate`` uses, kept in docs/_schemas; CC-BY-4.0, citation-file-format)."""
+    from jsonschema import Draft7Validator, FormatChecker
+
+    schema = json.loads((ROOT / "docs" / "_schemas" / "citation-file-format-1.2.0.json")
+                        .read_text(encoding="utf-8"))
+    validator = Draft7Validator(schema, format_checker=FormatChecker())
+    return [error.message for error in validator.iter_errors(citation)]
+
+
+def test_citation_is_valid():
+    import yaml
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert _citation_errors(citation) == []
+    titles = " ".join(ref["title"] for ref in citation["references"])
+    for work in ("Fast refacing", "Conditional De-Identification", "Refacing:",
+                 "morphable model", "IXI Dataset"):
+        assert work in titles
+    broken = {k: v for k, v in citation.items() if k != "title"}
+    assert _citation_errors(broken)  # the schema does refuse a citation without a title
