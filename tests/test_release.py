@@ -49,8 +49,13 @@ def test_version_has_one_source():
     assert not re.search(r"^version\s*=", project, re.MULTILINE)
     assert re.search(r'^dynamic\s*=\s*\[[^]]*"version"', project, re.MULTILINE)
     assert 'version = {attr = "bidsreface.__version__"}' in pyproject
-    cff = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
-    assert re.search(rf"^version: {re.escape(bidsreface.__version__)}$", cff, re.MULTILINE)
+    # the places that must repeat it (metadata read without the package) agree with it
+    version = re.escape(bidsreface.__version__)
+    for name, pattern in (("CITATION.cff", rf"^version: {version}$"),
+                          ("Dockerfile", rf"^ARG VERSION={version}$"),
+                          ("Singularity.def", rf"org\.opencontainers\.image\.version {version}$")):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert re.search(pattern, text, re.MULTILINE), f"{name} names another version"
 
 
 @pytest.fixture(scope="module")
