@@ -639,8 +639,8 @@ def build_dataset(
 # --------------------------------------------------------------------------- console script
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bidsreface-demo OUT``: build the real-head dataset in OUT and run bidsreface on it."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``bidsreface-demo``."""
     parser = argparse.ArgumentParser(
         prog="bidsreface-demo",
         description="Build a small BIDS dataset from two real heads and run bidsreface on it.",
@@ -648,7 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--nprocs", type=int, default=1, help="processes for bidsreface")
     parser.add_argument("--brainsmall", type=Path, default=None, help="brainsmall.den path")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bidsreface-demo OUT``: build the real-head dataset in OUT and run bidsreface on it."""
+    args = build_parser().parse_args(argv)
     # before antspyx is first imported: reproducible registrations (bidsreface.cli.run.main)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 

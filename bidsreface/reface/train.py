@@ -224,6 +224,11 @@ def encoder_input(head: dict) -> torch.Tensor:
 
 
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``bidsreface-train``."""
     p = argparse.ArgumentParser(prog="bidsreface-train", description=__doc__.split("\n")[0])
     p.add_argument("out_dir", type=Path)
     p.add_argument("inputs", nargs="+",
@@ -265,7 +270,7 @@ def parse_args(argv=None):
                         "region)")
     p.add_argument("--model-file", default=None,
                    help="reface_T1w.pt, reface_T1w_head.pt for the head region")
-    return p.parse_args(argv)
+    return p
 
 
 def model_names(region: str) -> tuple[str, str]:
