@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "default they are dropped: they may hold DICOM headers, names "
                              "and dates)")
     method.add_argument("--dates", choices=("shift", "remove", "keep"), default="shift",
-                        help="dates in sidecars and *_scans.tsv: shifted by a number of days "
+                        help="dates in sidecars and scans tables: shifted by a number of days "
                              "drawn per participant into 1925 or earlier, intervals kept (as "
                              "BIDS recommends), removed, or kept as they are")
     return parser
