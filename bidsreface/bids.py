@@ -392,12 +392,14 @@ def load_metadata(image: AnatImage) -> dict:
 
 
 def write_sidecar(path: Path, image: AnatImage, extra: dict, *, dates: str = "keep",
-                  seed: int = 0) -> None:
+                  key: str = "") -> None:
     """Write the derivative sidecar: raw metadata scrubbed (dates as *dates* says, shifted by
-    the participant's days drawn from *seed*), ``Sources``, then ``extra``."""
+    the participant's days drawn from the output folder's secret *key*, see
+    :func:`bidsreface.dates.dates_key`), ``Sources``, then ``extra``."""
     from bidsreface.dates import shift_days
 
-    meta = scrub_sidecar(load_metadata(image), dates, shift_days(seed, image.subject))
+    days = shift_days(key, image.subject) if dates == "shift" else 0
+    meta = scrub_sidecar(load_metadata(image), dates, days)
     meta["Sources"] = [f"bids:raw:{image.relpath}"]
     meta.update(extra)
     write_json_atomic(path, meta)

@@ -2,9 +2,11 @@
 
 BIDS recommends that the acquisition dates of a shared dataset be shifted by a random number of
 days, to the year 1925 or earlier, so that shifted dates cannot be taken for real ones. Every
-date of a participant moves by the same number of days (drawn from ``--random-seed`` and the
-participant's label), so the intervals between that participant's sessions and scans are kept;
-the times of day are kept. ``--dates`` chooses:
+date of a participant moves by the same number of days, so the intervals between that
+participant's sessions and scans are kept; the times of day are kept. The days are drawn from
+the participant's label and a secret key kept in the output folder (:func:`dates_key`), never
+from ``--random-seed``: the seed is often the default and the face's seed is recorded in the
+outputs, so a shift drawn from it could be computed back by anyone. ``--dates`` chooses:
 
 ``shift`` (the default)
     as BIDS recommends: the dates are no longer the real ones, the intervals are kept (the
@@ -25,7 +27,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import os
 import re
+import secrets
+from pathlib import Path
 
 #: The choices of ``--dates``.
 DATE_CHOICES = ("shift", "remove", "keep")
@@ -47,21 +53,58 @@ _DICOM_DATETIME = re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2}(?:\d{2}(?:\d{2}(?:\.
 _TIME = re.compile(r"^\d{2}:?\d{2}(?::?\d{2}(?:\.\d+)?)?$")
 
 
-def shift_days(seed: int, subject: str) -> int:
+#: The secret the shifts are drawn from, relative to the output folder (hidden: it is never
+#: exported and the BIDS validator does not read it).
+KEY_FILE = ".bidsreface/dates.key"
+
+
+def dates_key(output_dir: str | Path) -> str:
+    """The secret key of an output folder's date shifts, made at its first use.
+
+    256 random bits, written once (``O_EXCL``, readable by its owner only) so that every run,
+    group level and export on the same output folder shifts a participant's dates by the same
+    days. Whoever holds the key can compute the shifts back: it stays in the output folder and
+    is never published; deleting it makes the published shifts unrecoverable (later runs then
+    draw new ones).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     first = dates_key(tmp)
+    ...     first == dates_key(tmp), len(first)
+    (True, 64)
+    """
+    path = Path(output_dir) / KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(handle, "w") as fobj:
+            fobj.write(secrets.token_hex(32) + "\n")
+    key = path.read_text(encoding="ascii").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise ValueError(f"{path}: not a date-shift key (64 hexadecimal digits); remove it to "
+                         f"draw new shifts")
+    return key
+
+
+def shift_days(key: str, subject: str) -> int:
     """The (negative) number of days every date of participant *subject* moves by.
 
-    Drawn from the run's ``--random-seed`` and the participant's label, hashed together (as
-    :func:`bidsreface.config.participant_seed`, but apart from it: the face's seed, which the
-    outputs record, does not give the shift).
+    Drawn from the output folder's secret *key* (:func:`dates_key`) and the participant's
+    label, hashed together with HMAC-SHA256.
 
-    >>> shift_days(0, "01") == shift_days(0, "01")
+    >>> shift_days("k", "01") == shift_days("k", "01")
     True
-    >>> shift_days(0, "01") != shift_days(0, "02")
+    >>> shift_days("k", "01") != shift_days("k", "02")
     True
-    >>> all(-_BASE_DAYS - _SPREAD_DAYS < shift_days(s, "01") <= -_BASE_DAYS for s in range(50))
+    >>> all(-_BASE_DAYS - _SPREAD_DAYS < shift_days(str(s), "01") <= -_BASE_DAYS
+    ...     for s in range(50))
     True
     """
-    digest = hashlib.sha256(f"bidsreface/dates/{int(seed)}/sub-{subject}".encode()).digest()
+    digest = hmac.new(str(key).encode(), f"bidsreface/dates/sub-{subject}".encode(),
+                      hashlib.sha256).digest()
     return -(_BASE_DAYS + int.from_bytes(digest[:8], "big") % _SPREAD_DAYS)
 
 

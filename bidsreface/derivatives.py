@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .bids import AnatImage, derivative_path, temporary_path, write_json_atomic, write_sidecar
+from .dates import dates_key
 from .image import changed_voxels, header_identifiers, read_header, scaling
 
 
@@ -136,7 +137,9 @@ def write_image_outputs(image: AnatImage, output_dir: Path, *, defaced_file: str
     _copy_atomic(Path(defaced_file), defaced)
     _copy_atomic(Path(mask_file), mask_out)
     rel = lambda p: p.relative_to(output_dir / f"sub-{image.subject}").as_posix()  # noqa: E731
-    dates = {"dates": settings.get("dates", "keep"), "seed": settings.get("random_seed", 0)}
+    dates = {"dates": settings.get("dates", "keep")}
+    if dates["dates"] == "shift":
+        dates["key"] = dates_key(output_dir)
     write_sidecar(derivative_path(output_dir, image, desc="defaced", extension=".json"), image, {
         "Description": "Defaced by bidsreface: face-mask voxels set to background.",
         "DefaceMask": rel(mask_out),

@@ -46,7 +46,7 @@ import numpy as np
 from . import __codeurl__, __version__
 from .bids import scrub_sidecar, temporary_path
 from .content import content_problem
-from .dates import apply_to_cell, method_note, shift_days
+from .dates import apply_to_cell, dates_key, method_note, shift_days
 from .derivatives import read_record, record_paths, verify_defaced
 from .errors import UsageError
 from .image import changed_voxels, nifti_bytes, read_header, stored_values
@@ -103,9 +103,10 @@ class Plan:
     files: dict[str, tuple[str, Path | None, str | None]] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
-    #: ``--dates`` (``shift``, ``remove``, ``keep``) and the run's seed the shifts are drawn from
+    #: ``--dates`` (``shift``, ``remove``, ``keep``) and the output folder's secret key the
+    #: shifts are drawn from (:func:`bidsreface.dates.dates_key`)
     dates: str = "keep"
-    seed: int = 0
+    key: str = ""
 
     def date_mode(self, relpath: str) -> tuple[str, int]:
         """``(dates, days)`` for a file: a participant's files are shifted by that
@@ -121,7 +122,7 @@ class Plan:
             return self.dates, 0
         if match is None:
             return "remove", 0
-        return "shift", shift_days(self.seed, match.group(1))
+        return "shift", shift_days(self.key, match.group(1))
 
     def scrub(self, meta: dict, relpath: str) -> dict:
         """*meta* scrubbed of identifying fields, its dates as ``--dates`` says."""
@@ -155,8 +156,9 @@ def export_dataset(settings) -> dict:
     try:
         plan = plan_export(bids_dir, Path(settings.output_dir),
                            refaced=settings.reface != "none", skip=skip,
-                           dates=getattr(settings, "dates", "keep"),
-                           seed=getattr(settings, "random_seed", 0))
+                           dates=settings.dates,
+                           key=dates_key(settings.output_dir) if settings.dates == "shift"
+                           else "")
     except OSError as err:
         raise UsageError(f"--export-bids: cannot read {bids_dir}: {err}") from err
     if not plan.images:
@@ -332,7 +334,7 @@ def check_no_links(root: Path, target: Path) -> None:
 
 def plan_export(bids_dir: Path, output_dir: Path, *, refaced: bool = True,
                 skip: dict[Path, str] | None = None, dates: str = "keep",
-                seed: int = 0) -> Plan:
+                key: str = "") -> Plan:
     """Decide what becomes of every file of *bids_dir* (nothing is written).
 
     Parameters
@@ -345,10 +347,10 @@ def plan_export(bids_dir: Path, output_dir: Path, *, refaced: bool = True,
         Export the refaced image where there is one (else always the defaced one).
     skip : dict
         ``{resolved folder: reason}``: folders under *bids_dir* to leave out.
-    dates, seed : str, int
-        ``--dates`` and ``--random-seed`` (see :mod:`bidsreface.dates`).
+    dates, key : str, str
+        ``--dates`` and the output folder's date-shift key (see :mod:`bidsreface.dates`).
     """
-    plan = Plan(dates=dates, seed=seed)
+    plan = Plan(dates=dates, key=key)
     files = _walk(Path(bids_dir), skip or {}, plan.left_out)
     records = _records(Path(output_dir))
     for relpath in files:

@@ -21,7 +21,7 @@ from test_export import listing, validate
 
 from bidsreface.cli.run import main
 from bidsreface.config import Settings
-from bidsreface.dates import shift_days
+from bidsreface.dates import dates_key, shift_days
 from bidsreface.derivatives import read_records
 from bidsreface.export import LISTING, MANIFEST, export_dataset
 
@@ -228,8 +228,9 @@ def test_dates_shifted_per_participant_into_1925(run, datasets, tmp_path):
             after = dt.datetime.fromisoformat(value)
             assert after.year <= 1925 and after.time() == before.time()
             times.setdefault(relpath.split("/")[0], set()).add((after - before).days)
-    assert times == {"sub-01": {shift_days(7, "01")}, "sub-04": {shift_days(7, "04")}}
-    assert shift_days(7, "01") != shift_days(7, "04")
+    key = dates_key(run["out"])  # the output folder's secret, not the seed
+    assert times == {"sub-01": {shift_days(key, "01")}, "sub-04": {shift_days(key, "04")}}
+    assert shift_days(key, "01") != shift_days(key, "04")
     description = json.loads((export / "dataset_description.json").read_text())
     assert "into 1925 or earlier" in description["GeneratedBy"][-1]["Description"]
     meta = json.loads((export / "sub-04/ses-2/anat/sub-04_ses-2_T1w.json").read_text())

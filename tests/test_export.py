@@ -20,7 +20,7 @@ from conftest import checksums
 
 from bidsreface.bids import AnatImage, derivative_path
 from bidsreface.config import IDENTIFYING_FIELDS, Settings
-from bidsreface.dates import shift_days, shift_value
+from bidsreface.dates import dates_key, shift_days, shift_value
 from bidsreface.derivatives import failure_path, qc_path
 from bidsreface.errors import UsageError
 from bidsreface.export import LISTING, MANIFEST, export_dataset
@@ -230,7 +230,7 @@ def test_other_files_linked_sidecars_scrubbed_scans_filtered(small):
     assert not (export / "T1w.json").samefile(bids / "T1w.json")
     bold = json.loads((export / "sub-01/func/sub-01_task-rest_bold.json").read_text())
     assert bold == {"RepetitionTime": 2.0, "TaskName": "rest"}
-    days = shift_days(settings.random_seed, "01")  # --dates shift, the default
+    days = shift_days(dates_key(settings.output_dir), "01")  # --dates shift, the default
     assert (export / "sub-01/sub-01_scans.tsv").read_text() == (
         f"filename\tacq_time\nanat/sub-01_T1w.nii.gz\t{shift_value('2020-01-02T10:11:12', days)}"
         f"\nfunc/sub-01_task-rest_bold.nii.gz\t{shift_value('2020-01-02T10:31:12', days)}\n")
@@ -302,7 +302,7 @@ def test_dates_shifted_removed_or_kept(small):
             assert scans[1:] == ["anat/sub-01_T1w.nii.gz\tn/a",
                                  "func/sub-01_task-rest_bold.nii.gz\tn/a"]
         else:
-            days = shift_days(0, "01")
+            days = shift_days(dates_key(settings.output_dir), "01")
             assert meta["ScanDate"] == shift_value("2020-01-02", days) <= "1925-12-31"
             assert meta["SeriesTime"] == "10:11:12" and meta["EchoTime"] == 0.003
             assert scans[1] == f"anat/sub-01_T1w.nii.gz\t{meta['ScanDate']}T10:11:12"
@@ -383,7 +383,7 @@ def test_export_holds_nothing_of_an_original_face(run):
 
 def test_derivative_sidecars_dates(tmp_path):
     """The participant level's sidecars: dates left by the scrub shifted by the same days as
-    the export's (the participant's, from --random-seed), removed, or kept."""
+    the export's (the participant's, from the output folder's secret key), removed, or kept."""
     from bidsreface.bids import write_sidecar
 
     bids = tmp_path / "bids"
@@ -391,14 +391,14 @@ def test_derivative_sidecars_dates(tmp_path):
     _write(raw.with_name("sub-07_ses-2_T1w.json"),
            {"EchoTime": 0.003, "ScanDate": "20200102", "AcquisitionDateTime": "2020-01-02T10:11"})
     image = AnatImage.from_path(raw, bids_dir=bids)
-    for dates, expected in (("shift", shift_value("20200102", shift_days(3, "07"))),
+    for dates, expected in (("shift", shift_value("20200102", shift_days("k", "07"))),
                             ("remove", None), ("keep", "20200102")):
         target = tmp_path / f"{dates}.json"
-        write_sidecar(target, image, {"Extra": 1}, dates=dates, seed=3)
+        write_sidecar(target, image, {"Extra": 1}, dates=dates, key="k")
         meta = json.loads(target.read_text())
         assert meta.get("ScanDate") == expected and meta["EchoTime"] == 0.003
         assert "AcquisitionDateTime" not in meta  # identifying: removed whatever --dates says
-    assert shift_value("20200102", shift_days(3, "07")) < "19260101"
+    assert shift_value("20200102", shift_days("k", "07")) < "19260101"
 
 
 def test_absent_content_left_out_with_sidecars_and_rows(small, capsys):
