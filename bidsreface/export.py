@@ -123,6 +123,16 @@ def export_dataset(settings) -> dict:
     tmp = temporary_path(target)
     try:
         build(plan, bids_dir, tmp)
+        from .check import verify_export  # faces and identifying fields left: refuse
+
+        problems = verify_export(tmp, nprocs=getattr(settings, "nprocs", 1),
+                                 keep_extensions=getattr(settings, "keep_nifti_extensions", False))
+        if problems:
+            kept = tmp.with_name(f".{target.name}.bidsreface-unsafe")
+            os.replace(tmp, kept)
+            raise UsageError(f"--export-bids: the check of the export found {len(problems)} "
+                             f"thing(s) it must not hold, kept in {kept} and not moved to "
+                             f"{target}: " + "; ".join(problems[:5]))
         _move_into_place(tmp, target, earlier)
     except OSError as err:
         raise UsageError(f"--export-bids: cannot write {target}: {err}") from err
