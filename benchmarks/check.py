@@ -126,6 +126,13 @@ def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm: flo
     return sources
 
 
+def voxel_mm(path: Path) -> float:
+    """The smallest voxel side of an image (mm)."""
+    import nibabel as nb
+
+    return float(min(nb.load(path).header.get_zooms()[:3]))
+
+
 class PeakMemory:
     """Peak resident memory (``VmHWM``) of this process and of every process below it (the
     forkserver's workers are its grandchildren), sampled every *every* seconds."""
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
         load = os.getloadavg()[0]
         with PeakMemory() as memory:
             result = check_dataset(root, nprocs=args.nprocs,
-                                   on_image=lambda v: cpu.append(v.cpu_s))
+                                   on_image=lambda v: cpu.append((v.path, v.cpu_s)))
         seconds = time.monotonic() - started
         load = max(load, os.getloadavg()[0])
     images = [f for f in result.findings if f.file in sources and f.kind in IMAGE_KINDS]
@@ -225,10 +232,16 @@ def main(argv=None) -> int:
     print(f"check: {seconds:.1f} s on {args.nprocs} processes: "
           f"{len(sources) / seconds * 60:.1f} images/min, {seconds / len(sources):.2f} s per "
           f"image")
-    print(f"CPU seconds per image (in the workers): median {statistics.median(cpu):.2f}, "
-          f"mean {statistics.mean(cpu):.2f}, max {max(cpu):.2f}; that is "
-          f"{args.nprocs * 60 / statistics.mean(cpu):.1f} images/min on {args.nprocs} idle "
-          f"cores (load average on this machine during the check: {load:.1f})")
+    print(f"load average on this machine during the check: {load:.1f}")
+    for label, fine in (("all", None), ("finer than 1.5 mm", True), ("1.5 mm or coarser", False)):
+        seconds_of = [s for path, s in cpu if fine is None or fine == (voxel_mm(
+            sources[path]) < 1.5)]
+        if seconds_of:
+            mean = statistics.mean(seconds_of)
+            print(f"CPU seconds per image, {label} ({len(seconds_of)}): median "
+                  f"{statistics.median(seconds_of):.2f}, mean {mean:.2f}, max "
+                  f"{max(seconds_of):.2f}; {args.nprocs * 60 / mean:.1f} images/min on "
+                  f"{args.nprocs} idle cores")
     print(f"peak memory: {memory.report()}")
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items())))
     print("findings: " + ", ".join(f"{k} {n}" for k, n in sorted(

@@ -7,9 +7,10 @@ read from ``bidsreface/data/deid_rules.json``, which ``scripts/build_deid_rules.
 from the standard's table (as the ``dicom-anonymizer`` package transcribes it) and pydicom's data
 dictionary; neither package is needed at run time.
 
-Any key starting with ``Patient`` is identifying too (dcm2niix's ``PatientName``,
-``PatientID``, ``PatientBirthDate``... and the patient attributes of editions newer than the
-dictionary the file was built with).
+Any other key starting with ``Patient`` is identifying too (the patient attributes of
+editions newer than the dictionary the file was built with, private ones), except the
+``Patient*`` attributes of the dictionary that the profile keeps (``PatientPosition``,
+``PatientOrientation``: acquisition geometry).
 """
 
 from __future__ import annotations
@@ -33,14 +34,25 @@ def _keyword(key: str) -> str:
 
 
 def is_identifying(key: str) -> bool:
-    """Whether a sidecar field is one the standard removes or blanks (or a ``Patient*`` key).
+    """Whether a sidecar field is one the standard removes or blanks (or a ``Patient*`` key
+    that it does not keep).
 
     >>> [is_identifying(k) for k in ("PatientName", "InstitutionAddress", "RepetitionTime")]
     [True, True, False]
+    >>> is_identifying("PatientPosition"), is_identifying("PatientNickname")
+    (False, True)
     >>> is_identifying("AcquisitionDateTime"), is_identifying("SliceTiming")
     (True, False)
     """
-    return key.startswith("Patient") or _keyword(key) in rules()["attributes"]
+    keyword = _keyword(key)
+    if keyword in rules()["attributes"]:
+        return True
+    return keyword.startswith("Patient") and keyword not in _patient_kept()
+
+
+@lru_cache(maxsize=1)
+def _patient_kept() -> frozenset:
+    return frozenset(rules()["patient_kept"])
 
 
 def is_date(key: str) -> bool:

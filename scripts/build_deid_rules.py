@@ -69,6 +69,15 @@ def build(edition: str) -> tuple[dict, list[str]]:
     return dict(sorted(attributes.items())), skipped
 
 
+def patient_kept(attributes: dict) -> list[str]:
+    """Keywords of pydicom's dictionary that start with ``Patient`` and that the profile
+    keeps (acquisition geometry: ``PatientPosition``, ``PatientOrientation``...)."""
+    from pydicom.datadict import DicomDictionary
+
+    return sorted(entry[4] for entry in DicomDictionary.values()
+                  if entry[4].startswith("Patient") and entry[4] not in attributes)
+
+
 def date_keywords() -> list[str]:
     """Every keyword of pydicom's dictionary whose value is a date or a time."""
     from pydicom.datadict import DicomDictionary
@@ -97,6 +106,7 @@ def main(argv=None) -> int:
         "kept": KEPT,
         "attributes": attributes,
         "date_keywords": date_keywords(),
+        "patient_kept": patient_kept(attributes),
     }
     args.out.write_text(json.dumps(rules, indent=1) + "\n", encoding="utf-8")
     print(f"{args.out}: {len(attributes)} attributes", file=sys.stderr)
