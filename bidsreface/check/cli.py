@@ -55,15 +55,16 @@ def output_folder(dataset: Path, out: Path | None) -> Path:
     Traceback (most recent call last):
     ...
     bidsreface.errors.UsageError: --out /data/ds001/derivatives/check is inside the dataset \
-/data/ds001: the check never writes into it
+/data/ds001: the check never writes into it; give --out
     """
-    if out is None:
+    default = out is None
+    if default:
         out = Path.cwd() / f"{PROG}-{dataset.name}"
     out = Path(os.path.abspath(out))
     real = Path(os.path.realpath(out))
     if real == dataset or dataset in real.parents or out == dataset or dataset in out.parents:
-        raise UsageError(f"--out {out} is inside the dataset {dataset}: the check never writes "
-                         "into it")
+        raise UsageError(f"--out {out}{' (the default)' if default else ''} is inside the "
+                         f"dataset {dataset}: the check never writes into it; give --out")
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
