@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/check.py [HEADS] [--nprocs 2] [--limit N] [--deface weak|none]
-                               [--shift-mm 15] [--reference]
+                               [--shift-mm X,Y,Z] [--reference]
 
 The heads (145 IXI T1w at 2 mm, ``ixi/``; the 7 scans of two more people at 0.88 to 2 mm,
 ``other/``) become a BIDS dataset in a temporary folder (removed afterwards): ``sub-<IXI id>``
@@ -11,8 +11,10 @@ with ``participants.tsv`` (age, sex), and ``sub-R``/``sub-X`` with one session p
 With ``--deface none`` (the default) the images are symbolic links to the originals. With
 ``--deface weak`` each image is a copy defaced by the template's face mask placed by a
 deliberately weak registration: a translation that matches the centres of mass of the
-template's head and the image, no rotation and no scaling, moved up by ``--shift-mm`` so that
-the lower face is left.
+template's head and the image, no rotation and no scaling, moved by ``--shift-mm`` (RAS mm:
+``0,0,15`` moves the mask up and leaves the lower face, ``0,0,-15`` down, ``0,15,0``
+forwards, ``20,0,0`` to the subject's left). Printed per image: the share of the head
+voxels of the unshifted mask that the shifted one leaves ("face left").
 
 :func:`bidsreface.check.check_dataset` then runs on it with ``--nprocs`` processes. Printed:
 images per minute (wall time of the whole check, metadata included), the peak resident
@@ -65,8 +67,8 @@ def heads_of(heads: Path, limit: int | None) -> list[tuple[Path, str]]:
     return out
 
 
-def weak_matrix(data, affine, template, shift_mm: float):
-    """Template mm -> native mm: centres of mass matched, moved up by *shift_mm*."""
+def weak_matrix(data, affine, template, shift_mm=(0.0, 0.0, 0.0)):
+    """Template mm -> native mm: centres of mass matched, moved by *shift_mm* (RAS)."""
     import numpy as np
     from scipy import ndimage
 
@@ -76,12 +78,13 @@ def weak_matrix(data, affine, template, shift_mm: float):
 
     matrix = np.eye(4)
     matrix[:3, 3] = centre(data, affine) - centre(template.head.astype(float), template.affine)
-    matrix[2, 3] += shift_mm
+    matrix[:3, 3] += np.asarray(shift_mm, dtype=float)
     return matrix
 
 
-def weak_deface(source: Path, target: Path, shift_mm: float) -> None:
-    """*source* defaced by the template's face mask on a weak registration, to *target*."""
+def weak_deface(source: Path, target: Path, shift_mm) -> float:
+    """*source* defaced by the template's face mask on a weak registration, to *target*;
+    returns the share of the head voxels of the unshifted mask that are left."""
     import nibabel as nb
     import numpy as np
 
@@ -94,12 +97,20 @@ def weak_deface(source: Path, target: Path, shift_mm: float) -> None:
     template = load_template()
     mask, _ = face_mask(img.shape[:3], img.affine, weak_matrix(data, img.affine, template,
                                                                shift_mm), template)
+    unshifted, _ = face_mask(img.shape[:3], img.affine, weak_matrix(data, img.affine, template),
+                             template)
     write_defaced(source, mask, target, target.with_name("mask.nii.gz"))
     target.with_name("mask.nii.gz").unlink()
+    from bidsreface.qc.render import head_threshold
+
+    head = unshifted & (data > head_threshold(data))
+    return float((head & ~mask).sum() / max(head.sum(), 1))
 
 
-def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm: float) -> dict:
-    """Write the dataset; return {relative path: source}."""
+def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm=(0, 0, 0),
+          left: dict | None = None) -> dict:
+    """Write the dataset; return {relative path: source}. *left* gets the share of the face
+    left in each weakly defaced image."""
     import json
 
     root.mkdir(parents=True)
@@ -114,7 +125,9 @@ def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm: flo
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if deface == "weak":
-            weak_deface(source, target, shift_mm)
+            share = weak_deface(source, target, shift_mm)
+            if left is not None:
+                left[rel] = share
         else:
             target.symlink_to(source)
         sources[rel] = source
@@ -205,7 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="IXI heads to use (all)")
     parser.add_argument("--deface", choices=("none", "weak"), default="none")
-    parser.add_argument("--shift-mm", type=float, default=15.0)
+    parser.add_argument("--shift-mm", default="0,0,15",
+                        help="RAS shift of the weak registration (default: %(default)s)")
     parser.add_argument("--reference", action="store_true",
                         help="render each miss as the audit does (registration: slow)")
     args = parser.parse_args(argv)
@@ -214,7 +228,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "heads"
         started = time.monotonic()
-        sources = build(root, args.heads, args.limit, args.deface, args.shift_mm)
+        shift = tuple(float(v) for v in args.shift_mm.split(","))
+        left: dict[str, float] = {}
+        sources = build(root, args.heads, args.limit, args.deface, shift, left)
         built = time.monotonic() - started
         cpu = []
         started = time.monotonic()
@@ -227,7 +243,7 @@ def main(argv=None) -> int:
     images = [f for f in result.findings if f.file in sources and f.kind in IMAGE_KINDS]
     verdicts = Counter(f.kind for f in images)
     print(f"dataset: {len(sources)} images ({args.deface} deface"
-          + (f", shift {args.shift_mm:g} mm" if args.deface == "weak" else "")
+          + (f", shift {args.shift_mm} mm" if args.deface == "weak" else "")
           + f"), built in {built:.0f} s")
     print(f"check: {seconds:.1f} s on {args.nprocs} processes: "
           f"{len(sources) / seconds * 60:.1f} images/min, {seconds / len(sources):.2f} s per "
@@ -249,7 +265,21 @@ def main(argv=None) -> int:
     flagged = sum(n for k, n in verdicts.items() if k in ("face", "face-in-deidentified"))
     print(f"flagged with a face: {flagged}/{len(sources)} "
           f"({100 * flagged / len(sources):.1f} %)")
-    misses = [f for f in images if f.kind not in ("face", "face-in-deidentified")]
+    if left:
+        found = {f.file for f in images if f.kind in ("face", "face-in-deidentified")}
+        shares = sorted(left.values())
+        print(f"face left (share of the unshifted mask's head voxels): median "
+              f"{statistics.median(shares):.2f}, range {shares[0]:.2f}-{shares[-1]:.2f}")
+        for lo, hi in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
+            group = [rel for rel, share in left.items() if lo <= share < hi]
+            if group:
+                print(f"  face left {lo:.2f}-{min(hi, 1):.2f}: {sum(r in found for r in group)}"
+                      f"/{len(group)} flagged")
+    for f in images:
+        if left and f.kind in ("face", "face-in-deidentified"):
+            print(f"  flagged: {f.file}: {f.evidence}; face left {left[f.file]:.2f}")
+    misses = [] if left else [f for f in images
+                              if f.kind not in ("face", "face-in-deidentified")]
     counted = 0
     for f in misses:
         line = f"  not flagged: {f.file} ({sources[f.file].name}): {f.kind}, {f.evidence}"
