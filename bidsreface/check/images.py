@@ -3,8 +3,9 @@
 No registration: each image is rendered in its own RAS frame (as its header orients it) from
 the front, turned both ways about the vertical axis, and from the side, as the
 re-identification audit renders heads (:mod:`bidsreface.qc.render`, :mod:`bidsreface.qc.faces`).
-The first view in which a face is found decides; an image with no face in any view is
-``no-face``, or ``not-a-head`` when there is no head to see (see :func:`check_image`).
+Two views tilted from above and below follow. The first view in which a face is found
+decides; an image with no face in any view is ``no-face``, or ``not-a-head`` when there is no
+head to see (see :func:`check_image`).
 
 Renders stay in memory; one is returned (as PNG bytes) only when asked for, and only for an
 image in which a face was found.
@@ -20,12 +21,17 @@ import numpy as np
 
 from ..content import content_problem
 
-#: Views, in the order tried: (name, render view, turn in degrees about the vertical axis).
+#: Views, in the order tried: (name, render view, turn about the vertical axis, tilt about
+#: the left-right axis; degrees). The tilted views find faces of heads pitched in the scanner
+#: (no registration sets them upright): IXI538 of the shared heads shows its face from 10
+#: degrees above only.
 VIEWS = (
-    ("frontal", "frontal", 0.0),
-    ("turned left", "frontal", 35.0),
-    ("turned right", "frontal", -35.0),
-    ("profile", "profile", 0.0),
+    ("frontal", "frontal", 0.0, 0.0),
+    ("turned left", "frontal", 35.0, 0.0),
+    ("turned right", "frontal", -35.0, 0.0),
+    ("profile", "profile", 0.0, 0.0),
+    ("from above", "frontal", 0.0, 10.0),
+    ("from below", "frontal", 0.0, -10.0),
 )
 #: Side of the renders (pixels): the audit's.
 RENDER_SIZE = 256
@@ -134,15 +140,30 @@ def outline_ml(data: np.ndarray, affine: np.ndarray) -> float:
     return float(mask.sum() * np.prod(zooms * step) / 1000.0)
 
 
+def view_matrix(turn: float, tilt: float) -> np.ndarray:
+    """The rotation (as a 4 x 4 template -> native matrix) that turns a view by *turn*
+    degrees about the vertical axis, then tilts it by *tilt* degrees about the left-right axis
+    (positive: seen from above).
+
+    >>> np.round(view_matrix(0.0, 90.0)[1:3, 1:3], 6).tolist()
+    [[0.0, -1.0], [1.0, 0.0]]
+    """
+    from ..qc.audit import turned
+
+    angle = np.deg2rad(tilt)
+    pitch = np.eye(4)
+    pitch[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    return turned(np.eye(4), turn) @ pitch
+
+
 def find_face(data: np.ndarray, affine: np.ndarray, *, keep_render: bool = False):
     """The first view (of :data:`VIEWS`) in which a face is found: ``(score, view, png)``,
     or None. Views that cannot be rendered (no head/air boundary) are passed over."""
-    from ..qc.audit import turned
     from ..qc.faces import detect_faces
     from ..qc.render import png_bytes, render_head
 
-    for name, view, degrees in VIEWS:
-        matrix = turned(np.eye(4), degrees) if degrees else None
+    for name, view, turn, tilt in VIEWS:
+        matrix = view_matrix(turn, tilt) if turn or tilt else None
         try:
             render = render_head(data, affine, view=view, size=RENDER_SIZE, matrix=matrix)
         except ValueError:
