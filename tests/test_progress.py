@@ -136,3 +136,62 @@ def test_nodes_of_other_images_are_ignored(tmp_path):
     _, progress, stream, _ = _progress(tmp_path)
     progress(_Node("sub_09_wf", "ds_T1w", tmp_path), "end")
     assert stream.getvalue() == ""
+
+
+def test_ranks_follow_the_image_order(tmp_path):
+    """The scheduler's order: a node's image's place in the run; none for other nodes."""
+    (t1, t2, flair), progress, _, _ = _progress(tmp_path)
+    assert [progress.rank(_node(i, "register", tmp_path)) for i in (t1, t2, flair)] == [0, 1, 2]
+    assert progress.rank(_Node("sub_09_wf", "ds_T1w", tmp_path)) is None
+
+
+def test_image_order_plugin_finishes_images_one_after_the_other(tmp_path):
+    """Three chains of three steps on two processes: nipype's MultiProc runs every chain's
+    first step, then every second step...; the plugin runs the earliest chain's ready step
+    first, so that the first chain is done before the last one starts."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from bidsreface.cli.run import plugin_runner
+
+    def run(by_image):
+        logs = tmp_path / str(by_image) / "steps"
+        logs.mkdir(parents=True)
+        workflow = pe.Workflow(name="order_wf", base_dir=str(tmp_path / str(by_image) / "work"))
+        for image in range(3):
+            previous = None
+            for step in range(3):
+                node = pe.Node(Function(input_names=["use_gpu", "log_dir", "name"],
+                                        output_names=["name"], function=_timed_step),
+                               name=f"s{step}_{image}", n_procs=1, mem_gb=0.1)
+                node.inputs.use_gpu, node.inputs.log_dir = False, str(logs)
+                node.inputs.name = f"{image}-{step}"
+                if previous is None:
+                    workflow.add_nodes([node])
+                else:
+                    workflow.connect([(previous, node, [("name", "use_gpu")])])
+                previous = node
+        args = {"n_procs": 2, "raise_insufficient": False, "mp_context": "forkserver"}
+        rank = lambda node: int(node.name.rsplit("_", 1)[1])  # noqa: E731
+        runner = plugin_runner("MultiProc", args, rank) if by_image else "MultiProc"
+        workflow.run(plugin=runner, plugin_args=args)
+        steps = {p.stem: json.loads(p.read_text()) for p in logs.glob("*.json")}
+        assert len(steps) == 9
+        return steps
+
+    ordered = run(by_image=True)  # as bidsreface runs it
+    assert ordered["0-2"]["end"] <= ordered["2-0"]["start"]
+    plain = run(by_image=False)  # nipype's own MultiProc, for contrast
+    assert plain["2-0"]["start"] < plain["0-2"]["end"]
+
+
+def _timed_step(use_gpu, log_dir, name):
+    """A step that records when it ran (in a node of its own process)."""
+    import json
+    import time
+    from pathlib import Path
+
+    start = time.time()
+    time.sleep(0.3)
+    Path(log_dir, f"{name}.json").write_text(json.dumps({"start": start, "end": time.time()}))
+    return name
