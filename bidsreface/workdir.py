@@ -73,6 +73,8 @@ def _read_holder(handle) -> dict:
 def hold_work_dir(work_dir: Path, command: str):
     """Hold the work folder's lock while the block runs (*command*: the run's command line,
     recorded for whoever is refused); on entry, remove what an earlier run left incomplete.
+    A work folder that this run made and left empty (a usage error found after the lock was
+    taken) is removed again, with its lock file.
 
     Raises
     ------
@@ -81,6 +83,7 @@ def hold_work_dir(work_dir: Path, command: str):
     """
     work_dir = Path(work_dir)
     lock_path = work_dir / LOCK_NAME
+    created = not work_dir.exists()
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
@@ -109,7 +112,12 @@ def hold_work_dir(work_dir: Path, command: str):
             handle.seek(0)
             handle.truncate()  # free: no holder to name
             handle.flush()
+            unused = created and [p.name for p in work_dir.iterdir()] == [LOCK_NAME]
+            if unused:  # removed while held: no other run can have taken it
+                lock_path.unlink()
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    if unused:
+        work_dir.rmdir()
 
 
 def node_folders(workflow_dir: Path) -> list[Path]:

@@ -233,3 +233,21 @@ def test_work_folder_that_cannot_be_written_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=rf"work directory {work} cannot be written"), \
             hold_work_dir(work, "run"):
         pass
+
+
+def test_work_folder_made_and_left_unused_is_removed(tmp_path):
+    """A run refused after the lock was taken (no participants...) leaves no work folder of
+    its own behind; one that was there before stays, as does one the run used."""
+    made = tmp_path / "made" / "work"
+    with hold_work_dir(made, "run"):
+        assert (made / LOCK_NAME).is_file()
+    assert not made.exists() and (tmp_path / "made").is_dir()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with hold_work_dir(existing, "run"):
+        pass
+    assert (existing / LOCK_NAME).is_file()
+    used = tmp_path / "used"
+    with hold_work_dir(used, "run"):
+        (used / "nipype_config").mkdir()
+    assert (used / LOCK_NAME).is_file()
