@@ -127,6 +127,27 @@ def crash_reason(text: str, image: AnatImage) -> str:
     return message
 
 
+def qc_warnings(image: AnatImage, record_path: Path) -> list[str]:
+    """The flags of an image's QC record that a curator must look at (the group table's, see
+    :func:`bidsreface.reports.tables.flags`), one line each naming the image and its report;
+    a failure is said on the image's own line, not here.
+
+    >>> import json, tempfile
+    >>> record = {"status": "ok", "outputs": {"defaced": "anat/x.nii.gz"},
+    ...           "qc": {"defaced": {"head_scale_change": -0.21}}}
+    >>> path = Path(tempfile.mkdtemp()) / "qc.json"
+    >>> _ = path.write_text(json.dumps(record))
+    >>> qc_warnings(AnatImage.from_path("/d/sub-01/anat/sub-01_T1w.nii.gz", "/d"), path)
+    ['sub-01 T1w: implausible registration of the defaced head: head size -21% vs the \
+original (see sub-01.html)']
+    """
+    from .reports.tables import flags
+
+    record = json.loads(Path(record_path).read_text(encoding="utf-8"))
+    return [f"{image_label(image)}: {flag} (see sub-{image.subject}.html)"
+            for flag in flags(record) if not flag.startswith("failed ")]
+
+
 class Progress:
     """Prints a line as each image of the run finishes, and keeps why each one failed.
 
@@ -146,6 +167,7 @@ class Progress:
     def __init__(self, nodes: dict[tuple[str, str], AnatImage], output_dir: Path,
                  stream=None, clock=time.monotonic):
         self.nodes = dict(nodes)
+        self.order = {image: i for i, image in enumerate(dict.fromkeys(self.nodes.values()))}
         self.total = len(set(self.nodes.values()))
         self.output_dir = Path(output_dir)
         self.stream = stream if stream is not None else sys.stderr
@@ -169,6 +191,11 @@ class Progress:
         workflow = parts[-2] if len(parts) > 1 else ""
         _, _, key = name.partition("_")
         return self.nodes.get((workflow, key)), name
+
+    def rank(self, node) -> int | None:
+        """The order of the image a node works on (None: a node of no image), by which
+        :class:`bidsreface.plugin.ImageOrderPlugin` runs the images one after the other."""
+        return self.order.get(self.image_of(node)[0])
 
     def __call__(self, node, status: str) -> None:
         """nipype's ``status_callback``: *status* is ``start``, ``end`` or ``exception``."""

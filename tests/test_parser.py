@@ -13,6 +13,7 @@ from bidsreface import __version__
 from bidsreface.cli.parser import build_parser, parse_args, parse_label
 from bidsreface.config import Settings
 from bidsreface.errors import UsageError
+from bidsreface.workdir import default_work_dir
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def test_defaults(dirs):
     assert settings.bids_dir == bids.resolve()
     assert settings.output_dir == out.resolve()
     assert settings.analysis_level == "participant"
-    assert settings.work_dir == Path(tempfile.gettempdir()).resolve() / "bidsreface_work"
+    assert settings.work_dir == default_work_dir(bids.resolve(), out.resolve(),
+                                                 Path(tempfile.gettempdir()).resolve())
     assert settings.participant_label == ()
     assert settings.session_label == ()
     assert settings.suffixes == ()  # every anatomical suffix the dataset has

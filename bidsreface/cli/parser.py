@@ -17,6 +17,7 @@ from bidsreface import __version__
 from bidsreface.bids import ANAT_SUFFIXES
 from bidsreface.config import Settings
 from bidsreface.errors import UsageError
+from bidsreface.workdir import default_work_dir
 
 #: Refacing methods accepted on the command line; only ``none`` runs in this version.
 REFACE_CHOICES = ("cgan", "template", "none")
@@ -245,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = parser.add_argument_group("resources")
     perf.add_argument("-w", "--work-dir", type=_abspath, metavar="DIR",
-                      help="intermediate files (default: bidsreface_work in the temp dir)")
+                      help="intermediate files, locked while a run uses them (default: a "
+                           "folder of this dataset and output folder in the temp dir)")
     perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
                       help="processes run in parallel (default: all CPUs)")
     perf.add_argument("--omp-nthreads", type=_positive_int, metavar="N",
@@ -321,7 +323,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir} exists and is not a directory")
 
-    work_dir = opts.work_dir or Path(tempfile.gettempdir()).resolve() / "bidsreface_work"
+    work_dir = opts.work_dir or default_work_dir(bids_dir, output_dir,
+                                                 Path(tempfile.gettempdir()).resolve())
     if _is_within(work_dir, bids_dir):
         raise UsageError(
             f"work directory {work_dir} is inside bids_dir {bids_dir}, which is never written "

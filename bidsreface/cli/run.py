@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         if settings.analysis_level == "participant":
-            code = run_participant(settings)
+            from ..workdir import hold_work_dir
+
+            command = " ".join(["bidsreface", *(sys.argv[1:] if argv is None else argv)])
+            with hold_work_dir(settings.work_dir, command):  # a second run is refused
+                code = run_participant(settings)
         else:
             from ..workflows.group import run_group
 
@@ -60,9 +64,10 @@ def _configure_nipype(settings, plugin: str) -> logging.Handler:
     """Set nipype's options and route its log to a run log file.
 
     nipype's messages (a failed node's traceback among them) go to
-    ``<output_dir>/log/bidsreface_<time>_<pid>.log``, and to the terminal only with ``-v``;
-    the terminal gets one line per image instead (:mod:`bidsreface.progress`). Returns the
-    file's handler, which the caller closes.
+    ``<output_dir>/log/bidsreface_<time>_<pid>.log``, made at the first message (a run
+    without any writes none), and to the terminal only with ``-v``; the terminal gets one
+    line per image instead (:mod:`bidsreface.progress`). Returns the file's handler, which
+    the caller closes.
     """
     from nipype import config
     from nipype import logging as nlogging
@@ -86,8 +91,7 @@ def _configure_nipype(settings, plugin: str) -> logging.Handler:
                 handler.close()
     log_file = settings.output_dir / "log" / (
         f"bidsreface_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.log")
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler = _LazyFileHandler(log_file, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     nipype_logger.addHandler(handler)
     nipype_logger.propagate = settings.verbosity >= 1  # to the terminal's handler
@@ -101,6 +105,14 @@ def _configure_nipype(settings, plugin: str) -> logging.Handler:
     (config_dir / "nipype.cfg").write_text(f"[logging]\n{levels}")
     os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
     return handler
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """A file handler that makes its file, and its folder, at the first message."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
 
 def generated_by_model(settings) -> dict | None:
@@ -142,6 +154,17 @@ def execution_plugin(settings) -> tuple[str, dict]:
     return "MultiProc", args
 
 
+def plugin_runner(plugin: str, plugin_args: dict, rank):
+    """What ``workflow.run`` is given: MultiProc as :class:`bidsreface.plugin.ImageOrderPlugin`
+    (the earliest image's ready step first, *rank* giving a node's image order), any other
+    plugin by its name."""
+    if plugin != "MultiProc":
+        return plugin
+    from ..plugin import ImageOrderPlugin
+
+    return ImageOrderPlugin(plugin_args={**plugin_args, "rank": rank})
+
+
 def resume_plan(images: dict, settings) -> tuple[dict, frozenset]:
     """Each image's fingerprint, and the images whose current outputs it matches (skipped)."""
     from ..collection import collection_leaders, whole_collections
@@ -175,7 +198,7 @@ def run_participant(settings) -> int:
 
     from ..bids import collect_images, remove_temporaries, write_dataset_description
     from ..derivatives import qc_path, write_failure
-    from ..progress import GRAPH_PLUGINS, Progress
+    from ..progress import GRAPH_PLUGINS, Progress, qc_warnings
     from ..workflows.participant import init_participant_wf, node_key, workflow_name
 
     images, warnings = collect_images(settings)
@@ -214,15 +237,17 @@ def run_participant(settings) -> int:
         started = time.time() - 1
         if todo:
             try:
-                workflow.run(plugin=plugin, plugin_args=plugin_args)
+                workflow.run(plugin=plugin_runner(plugin, plugin_args, progress.rank),
+                             plugin_args=plugin_args)
             except RuntimeError as err:  # raised after the run when some node failed
                 LOGGER.info("workflow finished with errors: %s", err)
 
         depends_on = _dependencies(images)
-        outcomes, failed = {}, 0
+        outcomes, failed, warned = {}, 0, []
         for image, subject in todo.items():
             record = qc_path(settings.output_dir, image)
             if record.is_file() and record.stat().st_mtime >= started:
+                warned += qc_warnings(image, record)
                 qc_failure = _qc_failure(record)  # outputs kept for inspection when failed
                 outcomes[image] = ("failed", f"failed QC: {qc_failure}") if qc_failure \
                     else ("ok", "")
@@ -242,6 +267,8 @@ def run_participant(settings) -> int:
 
     for subject in images:  # after the failures are recorded: the reports list them
         write_participant_report(settings.output_dir, subject)
+    for line in warned:  # what a curator must look at, though the image passed
+        print(f"bidsreface: warning: {line}", file=sys.stderr)
     print(f"bidsreface: {total - failed} of {total} images de-identified"
           + (f" ({len(done)} of them by an earlier run)" if done else "")
           + (f", {failed} failed (see the sub-*/log folders)" if failed else ""),
