@@ -308,8 +308,8 @@ def scrub_sidecar(meta: dict, dates: str = "keep", shift_days: int = 0) -> dict:
 
     >>> scrub_sidecar({"RepetitionTime": 2.3, "PatientName": "X", "StationName": "MR1"})
     {'RepetitionTime': 2.3}
-    >>> scrub_sidecar({"SeriesTime": "10:11:12", "ScanDate": "2020-01-02"}, "shift", -36525)
-    {'SeriesTime': '10:11:12', 'ScanDate': '1920-01-02'}
+    >>> scrub_sidecar({"ScanTime": "10:11:12", "ScanDate": "2020-01-02"}, "shift", -36525)
+    {'ScanTime': '10:11:12', 'ScanDate': '1920-01-02'}
     """
     from bidsreface.dates import apply_to_sidecar
 
