@@ -286,7 +286,7 @@ def test_target_folder_rules(small):
 def test_dates_shifted_removed_or_kept(small):
     settings, bids, _ = small
     _write(bids / "sub-01/anat/sub-01_T1w.json", {"EchoTime": 0.003, "ScanDate": "2020-01-02",
-                                                 "SeriesTime": "10:11:12"})
+                                                 "ScanTime": "10:11:12"})
     _write(bids / "T1w.json", {"RepetitionTime": 2.0, "ScanDate": "2020-01-02"})
     for dates in ("shift", "remove", "keep"):
         target = settings.export_bids.with_name(dates)
@@ -298,13 +298,13 @@ def test_dates_shifted_removed_or_kept(small):
             assert meta["ScanDate"] == "2020-01-02" and top["ScanDate"] == "2020-01-02"
             assert scans[1] == "anat/sub-01_T1w.nii.gz\t2020-01-02T10:11:12"
         elif dates == "remove":
-            assert "ScanDate" not in meta and "SeriesTime" not in meta and "ScanDate" not in top
+            assert "ScanDate" not in meta and "ScanTime" not in meta and "ScanDate" not in top
             assert scans[1:] == ["anat/sub-01_T1w.nii.gz\tn/a",
                                  "func/sub-01_task-rest_bold.nii.gz\tn/a"]
         else:
             days = shift_days(dates_key(settings.output_dir), "01")
             assert meta["ScanDate"] == shift_value("2020-01-02", days) <= "1925-12-31"
-            assert meta["SeriesTime"] == "10:11:12" and meta["EchoTime"] == 0.003
+            assert meta["ScanTime"] == "10:11:12" and meta["EchoTime"] == 0.003
             assert scans[1] == f"anat/sub-01_T1w.nii.gz\t{meta['ScanDate']}T10:11:12"
             assert "ScanDate" not in top  # of no participant: no shift fits every one
         assert ("Dates" in meta["DeidentificationMethod"][0]) == (dates != "keep")
