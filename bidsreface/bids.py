@@ -326,7 +326,7 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
         wanted = settings.suffixes or ANAT_SUFFIXES
         return img.suffix in wanted or img.suffix not in ANAT_SUFFIXES
 
-    extra = [img for img in unindexed if img.subject in subjects and selected(img)]
+    outside = [img for img in unindexed if img.subject in subjects and selected(img)]
     images: dict[str, list[AnatImage]] = {}
     having: dict[str, int] = dict.fromkeys(suffixes, 0)
     skipped: list[str] = []
@@ -345,7 +345,7 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
                 ) from err
             having[suffix] += bool(files)
             found.extend(AnatImage.from_path(f, bids_dir=bids_dir) for f in files)
-        found.extend(img for img in extra if img.subject == subject)
+        found.extend(img for img in outside if img.subject == subject)
         if not found:
             skipped.append(f"sub-{subject}")
             continue
@@ -364,10 +364,10 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
         listed = ", ".join(skipped[:_LISTED]) + (", ..." if len(skipped) > _LISTED else "")
         warnings.append(f"{len(skipped)} of {len(subjects)} participants have no {wanted} "
                         f"image and are skipped: {listed}")
-    if extra:
-        names = [img.relpath for img in extra]
+    if outside:
+        names = [img.relpath for img in outside]
         listed = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
-        warnings.append(f"{len(extra)} image files not indexed as BIDS (names pybids "
+        warnings.append(f"{len(outside)} image files not indexed as BIDS (names pybids "
                         f"rejects): selected all the same, each de-identified or failed with "
                         f"the reason: {listed}")
     return images, warnings

@@ -142,8 +142,13 @@ def read_header(path: str | Path) -> nb.Nifti1Header:
     of 0 read as 1), and an output written with that header would carry a voxel size that
     its sform contradicts.
     """
-    header_class = nb.load(path).header_class
     with ImageOpener(path) as fobj:
+        start = fobj.read(4)
+        sizes = {int.from_bytes(start, "little"), int.from_bytes(start, "big")}
+        header_class = nb.Nifti2Header if 540 in sizes else nb.Nifti1Header
+        if not sizes & {348, 540}:
+            raise ValueError(f"{path} is not a NIfTI-1 or NIfTI-2 file")
+        fobj.seek(0)
         return header_class.from_fileobj(fobj, check=False)
 
 
@@ -165,8 +170,11 @@ def geometry_note(path: str | Path) -> str | None:
     valid = bool(np.all(np.isfinite(pixdim)) and np.all(pixdim > 0))
     kept = "the output keeps the header as stored"
     if qcode == 0 and scode == 0:
-        fixed = header.copy()
-        fixed.check_fix()  # pixdim as nibabel reads it
+        fixed = header.copy()  # pixdim as nibabel reads it: sizes not positive taken as 1
+        dims = np.array(header["pixdim"], np.float64)
+        good = np.isfinite(dims[1:4]) & (dims[1:4] != 0)
+        dims[1:4] = np.where(good, np.abs(np.nan_to_num(dims[1:4])), 1.0)
+        fixed["pixdim"] = dims
         axes = "".join(nb.aff2axcodes(fixed.get_base_affine()))
         return (f"no orientation stored (qform and sform codes 0): assumed {axes} voxel axes "
                 f"(nibabel's default for such files) and a "
