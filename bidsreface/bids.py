@@ -367,7 +367,8 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
     if outside:
         names = [img.relpath for img in outside]
         listed = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
-        warnings.append(f"{len(outside)} image files not indexed as BIDS (names pybids "
+        files = "image file" + ("s" if len(outside) > 1 else "")
+        warnings.append(f"{len(outside)} {files} not indexed as BIDS (names pybids "
                         f"rejects): selected all the same, each de-identified or failed with "
                         f"the reason: {listed}")
     return images, warnings
