@@ -187,8 +187,9 @@ def geometry_note(path: str | Path) -> str | None:
             return (f"pixdim {sizes} is not a voxel size: the sform's ({used} mm) was used; "
                     f"{kept}")
         if qcode > 0:
+            last = [n - 1 for n in (*header.get_data_shape()[:3], 1, 1)[:3]]
             corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)],
-                               np.float64) * [*(np.array(header.get_data_shape()[:3]) - 1), 1]
+                               np.float64) * [*last, 1]
             apart = float(np.abs(corners @ (header.get_qform() - sform).T).max())
             if apart > 0.01:
                 return (f"qform and sform disagree (by up to {apart:.2g} mm across the volume): "

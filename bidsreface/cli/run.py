@@ -188,12 +188,12 @@ def run_participant(settings) -> int:
           file=sys.stderr)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    selected, images, rejected = images, *_preflight(images, settings)
     write_dataset_description(settings.output_dir, settings.bids_dir,
                               generated_by_model(settings))
     plugin, plugin_args = execution_plugin(settings)
     log_handler = _configure_nipype(settings, plugin)
-    try:
+    try:  # nibabel's messages on the headers read first go to the run log too
+        selected, images, rejected = images, *_preflight(images, settings)
         for subject in images:  # what a killed run was writing
             remove_temporaries(settings.output_dir / f"sub-{subject}")
         fingerprints, done = resume_plan(images, settings)
