@@ -205,7 +205,7 @@ def partial_clone(head, real_dataset, tmp_path_factory):
     origin = base / "origin"
     shutil.copy(real_dataset[0] / "bids" / "dataset_description.json", origin)
     # two different files: git-annex stores identical content once (one get fetches both)
-    other = real_dataset[0] / "bids" / "sub-04" / "ses-1" / "anat" / "sub-04_ses-1_T1w.nii.gz"
+    other = real_dataset[0] / "bids" / "sub-04" / "ses-2" / "anat" / "sub-04_ses-2_T1w.nii.gz"
     assert other.read_bytes() != head[0].read_bytes()
     for sub, image in (("02", head[0]), ("05", other)):
         _put(image, origin / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
