@@ -329,3 +329,32 @@ def test_geometry_kept_and_said_once(head, real_dataset, tmp_path, capfd):
         written = _stored(out / "sub-pix0" / "anat" / f"sub-pix0_{name}_T1w.nii.gz")
         for field in GEOMETRY:
             assert np.array_equal(written[field], raw[field]), (name, field)
+
+
+def test_preflight_names_each_problem(head, t2w, real_dataset, tmp_path):
+    """The pure step on its own: an unfetched annexed sidecar, what depends on a failed T1w,
+    and two names whose outputs would clash."""
+    from bidsreface.cli.run import _dependencies
+    from bidsreface.preflight import preflight
+
+    bids = _dataset(tmp_path / "bids", real_dataset)
+    _put(head[0], bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    (bids / "sub-01" / "anat" / "sub-01_T1w.json").symlink_to(
+        "../../.git/annex/objects/Pq/Xv/MD5E-s491--1234.json/MD5E-s491--1234.json")
+    _put(t2w, bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz")
+    _put(head[0], bids / "sub-02" / "anat" / "sub-02_acq-x_run-1_T1w.nii.gz")
+    _put(head[0], bids / "sub-02" / "anat" / "sub-02_run-1_acq-x_T1w.nii.gz")
+    settings = Settings(bids_dir=bids, output_dir=tmp_path / "o", work_dir=tmp_path / "w",
+                        analysis_level="participant")
+    images, _ = collect_images(settings)
+    found = preflight(images, _dependencies(images))
+    reasons = {image.path.name: reason for image, reason in found.failures.items()}
+    assert reasons == {
+        "sub-01_T1w.nii.gz": "sidecar sub-01/anat/sub-01_T1w.json: content not present "
+                             "(git-annex): run 'datalad get sub-01/anat/sub-01_T1w.json'",
+        "sub-01_T2w.nii.gz": "not processed: sub-01_T1w.nii.gz failed (its session's T1w)",
+        "sub-02_run-1_acq-x_T1w.nii.gz": "its outputs would take the names of those of "
+                                         "sub-02_acq-x_run-1_T1w.nii.gz; rename one of them",
+    }
+    assert {s: [i.path.name for i in imgs] for s, imgs in found.images.items()} == {
+        "02": ["sub-02_acq-x_run-1_T1w.nii.gz"]}
