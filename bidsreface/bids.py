@@ -167,6 +167,96 @@ def _query_filters(filters: dict) -> dict:
     return converted
 
 
+#: What a BIDS label (an entity's value, a participant's or a session's) may hold.
+_LABEL = re.compile(r"^[0-9A-Za-z]+$")
+
+
+def name_problem(image: AnatImage, suffixes=ANAT_SUFFIXES) -> str | None:
+    """Why an anatomical image's name cannot name BIDS derivatives; None when it can.
+
+    An image is de-identified under its own name (its outputs take its entities), so its
+    participant and session must match its folders, every part of its name must be a known
+    entity with a label of letters and digits (what BIDS allows), and its suffix one of
+    *suffixes*.
+
+    >>> img = AnatImage.from_path("/d/sub-01/anat/sub-01_run-1_acq-fast_T1w.nii.gz")
+    >>> name_problem(img) is None
+    True
+    >>> name_problem(AnatImage.from_path("/d/sub-01/anat/sub-01_acq-\u00e9t\u00e9_T1w.nii.gz"))
+    "file name not valid BIDS: the acq label '\u00e9t\u00e9' holds characters other than \
+letters and digits; rename the file (and its sidecar) and run again"
+    >>> name_problem(AnatImage.from_path("/d/sub-01/anat/sub-01_T1.nii.gz"))
+    "file name not valid BIDS: 'T1' is not an anatomical suffix; rename the file (and its \
+sidecar) and run again"
+    """
+    folders = [part for part in image.path.parent.parts[-3:-1]
+               if part.startswith(("sub-", "ses-"))]
+    problem = None
+    if not _LABEL.match(image.subject):
+        problem = f"the participant label {image.subject!r} holds characters other than " \
+                  f"letters and digits"
+    elif image.session is not None and not _LABEL.match(image.session):
+        problem = f"the session label {image.session!r} holds characters other than " \
+                  f"letters and digits"
+    elif f"sub-{image.entities.get('sub')}" != (folders[0] if folders else None):
+        problem = f"it does not start with {folders[0] + '_' if folders else 'sub-<label>_'!r}"
+    elif image.session is not None and f"ses-{image.entities.get('ses')}" != folders[-1]:
+        problem = f"its session entity does not match its folder {folders[-1]!r}"
+    else:
+        for key, value in image.entities.items():
+            if key not in ENTITY_ORDER:
+                problem = f"{key + '-' + value if value else key!r} is not a BIDS entity"
+            elif not _LABEL.match(value):
+                problem = f"the {key} label {value!r} holds characters other than letters " \
+                          f"and digits"
+            if problem:
+                break
+        else:
+            if image.suffix not in suffixes:
+                problem = f"{image.suffix!r} is not an anatomical suffix"
+    if problem is None:
+        return None
+    return f"file name not valid BIDS: {problem}; rename the file (and its sidecar) and run again"
+
+
+def _looks_like_image(path: Path) -> bool:
+    """A NIfTI file by its name (any case), not hidden."""
+    name = path.name
+    return not name.startswith(".") and name.lower().endswith(_NIFTI_EXTENSIONS)
+
+
+def unindexed_images(bids_dir: Path, indexed: set[Path],
+                     skip: tuple[Path, ...] = ()) -> list[AnatImage]:
+    """The files under ``sub-*/[ses-*/]anat/`` that look like images (``.nii``, ``.nii.gz``)
+    but that the layout did not index (*indexed*: the paths it did); sorted.
+
+    Their participant and session are read from their folders, not from their names, so
+    that a name pybids rejects still says whose image it is (see :func:`name_problem`).
+    Files under *skip* (the output and work folders) are left out.
+    """
+    found = []
+    for folder in sorted(Path(bids_dir).glob("sub-*/anat")) + sorted(
+            Path(bids_dir).glob("sub-*/ses-*/anat")):
+        absolute = Path(os.path.abspath(folder))
+        if not folder.is_dir() or any(s == absolute or s in absolute.parents for s in skip):
+            continue
+        session_folder = folder.parent.name if folder.parent.name.startswith("ses-") else None
+        subject_folder = folder.parent.parent.name if session_folder else folder.parent.name
+        for path in sorted(folder.iterdir()):
+            if (not _looks_like_image(path) or Path(os.path.abspath(path)) in indexed
+                    or path.is_dir()):
+                continue
+            entities, suffix, ext = _split_name(path.name)
+            sidecar = path.with_name(path.name[: -len(ext)] + ".json") if ext else None
+            found.append(AnatImage(
+                path=path, subject=subject_folder[len("sub-"):],
+                session=session_folder[len("ses-"):] if session_folder else None,
+                suffix=suffix, entities=entities,
+                sidecar=sidecar if sidecar is not None and sidecar.is_file() else None,
+                bids_dir=Path(bids_dir)))
+    return found
+
+
 def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list[str]]:
     """Find the anatomical images to de-identify.
 
@@ -178,10 +268,18 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
     warnings : list of str
         One line per suffix of ``settings.suffixes`` that some participants lack ("T2w:
         found for 1 of 45 participants"), one line listing the participants skipped for
-        lacking every selected suffix, and one per ignored filter.
+        lacking every selected suffix, one per ignored filter, and one listing the images
+        the layout does not index.
 
     With no ``settings.suffixes``, every anatomical suffix (:data:`ANAT_SUFFIXES`) that
     the selected participants have is selected.
+
+    A file under ``sub-*/[ses-*/]anat/`` that looks like an image but that pybids does not
+    index (its name is not valid BIDS) is selected too, by its folders' participant and
+    session (:func:`unindexed_images`), when its suffix is selected or is no anatomical
+    suffix at all (it may hold a face); ``--bids-filter-file`` does not apply to it. It is
+    de-identified when its name can name the outputs, else it fails with the reason
+    (:func:`name_problem`, checked before the run): never dropped in silence.
 
     Raises
     ------
@@ -192,8 +290,11 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
     bids_dir = Path(settings.bids_dir)
     layout = _layout(settings)
     warnings: list[str] = []
+    indexed = {Path(os.path.abspath(f)) for f in layout.get(return_type="filename")}
+    skip = tuple(Path(os.path.abspath(d)) for d in (settings.output_dir, settings.work_dir))
+    unindexed = unindexed_images(bids_dir, indexed, skip)
 
-    subjects = sorted(layout.get_subjects())
+    subjects = sorted(set(layout.get_subjects()) | {img.subject for img in unindexed})
     if not subjects:
         raise UsageError(f"no participants found in {bids_dir}")
     if settings.participant_label:
@@ -205,7 +306,8 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
 
     query: dict = {"datatype": "anat", "extension": list(_NIFTI_EXTENSIONS)}
     if settings.session_label:
-        sessions = set(layout.get_sessions(subject=subjects))
+        sessions = set(layout.get_sessions(subject=subjects)) | {
+            img.session for img in unindexed if img.subject in subjects}
         missing = [s for s in settings.session_label if s not in sessions]
         if missing:
             names = ", ".join(f"ses-{s}" for s in missing)
@@ -225,6 +327,13 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
     for key in sorted(set(filters) - selectable):
         warnings.append(f"--bids-filter-file: filters for {key!r} ignored (not a selected suffix)")
 
+    def selected(img: AnatImage) -> bool:  # an unindexed image
+        if settings.session_label and img.session not in settings.session_label:
+            return False
+        wanted = settings.suffixes or ANAT_SUFFIXES
+        return img.suffix in wanted or img.suffix not in ANAT_SUFFIXES
+
+    outside = [img for img in unindexed if img.subject in subjects and selected(img)]
     images: dict[str, list[AnatImage]] = {}
     having: dict[str, int] = dict.fromkeys(suffixes, 0)
     skipped: list[str] = []
@@ -243,6 +352,7 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
                 ) from err
             having[suffix] += bool(files)
             found.extend(AnatImage.from_path(f, bids_dir=bids_dir) for f in files)
+        found.extend(img for img in outside if img.subject == subject)
         if not found:
             skipped.append(f"sub-{subject}")
             continue
@@ -261,6 +371,13 @@ def collect_images(settings: Settings) -> tuple[dict[str, list[AnatImage]], list
         listed = ", ".join(skipped[:_LISTED]) + (", ..." if len(skipped) > _LISTED else "")
         warnings.append(f"{len(skipped)} of {len(subjects)} participants have no {wanted} "
                         f"image and are skipped: {listed}")
+    if outside:
+        names = [img.relpath for img in outside]
+        listed = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
+        files = "image file" + ("s" if len(outside) > 1 else "")
+        warnings.append(f"{len(outside)} {files} not indexed as BIDS (names pybids "
+                        f"rejects): selected all the same, each de-identified or failed with "
+                        f"the reason: {listed}")
     return images, warnings
 
 
@@ -358,28 +475,34 @@ def write_json_atomic(path: Path, obj) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_metadata(image: AnatImage) -> dict:
-    """Raw metadata of ``image`` following the BIDS inheritance principle.
+def metadata_files(image: AnatImage) -> list[Path]:
+    """The sidecars that apply to ``image`` (BIDS inheritance principle), least specific first.
 
-    Sidecars with the image's suffix, whose entities are a subset of the image's, are merged
-    from the dataset root down to the image's folder (more specific ones win). Without a
-    known ``bids_dir`` only the same-stem sidecar is read.
+    Sidecars with the image's suffix, whose entities are a subset of the image's, from the
+    dataset root down to the image's folder; without a known ``bids_dir`` only the same-stem
+    sidecar. Links are listed whether or not their content is present.
     """
     if image.bids_dir is None:
-        candidates = [image.sidecar] if image.sidecar is not None else []
-    else:
-        folders = [image.path.parent]
-        while folders[-1] != image.bids_dir and image.bids_dir in folders[-1].parents:
-            folders.append(folders[-1].parent)
-        candidates = []
-        for folder in reversed(folders):
-            level = []
-            for json_file in folder.glob(f"*{image.suffix}.json"):
-                entities, suffix, _ = _split_name(json_file.name)
-                matches = all(image.entities.get(k) == v for k, v in entities.items())
-                if suffix == image.suffix and matches:
-                    level.append((len(entities), json_file.name, json_file))
-            candidates.extend(item[2] for item in sorted(level))
+        return [image.sidecar] if image.sidecar is not None else []
+    folders = [image.path.parent]
+    while folders[-1] != image.bids_dir and image.bids_dir in folders[-1].parents:
+        folders.append(folders[-1].parent)
+    candidates = []
+    for folder in reversed(folders):
+        level = []
+        for json_file in folder.glob(f"*{image.suffix}.json"):
+            entities, suffix, _ = _split_name(json_file.name)
+            matches = all(image.entities.get(k) == v for k, v in entities.items())
+            if suffix == image.suffix and matches:
+                level.append((len(entities), json_file.name, json_file))
+        candidates.extend(item[2] for item in sorted(level))
+    return candidates
+
+
+def load_metadata(image: AnatImage) -> dict:
+    """Raw metadata of ``image`` following the BIDS inheritance principle: the sidecars of
+    :func:`metadata_files` merged in order (more specific ones win)."""
+    candidates = metadata_files(image)
     meta: dict = {}
     for json_file in candidates:
         try:

@@ -1,9 +1,18 @@
-"""Load and check input images; write outputs that keep the input's exact header."""
+"""Load and check input images; write outputs that keep the input's exact header.
+
+nibabel reports what it fixes in a header it reads (``pixdim[1,2,3] should be non-zero``) on
+its own logger, which prints to the terminal (twice once logging is configured), in every
+process that loads the image. Importing this module sends those messages to nipype's interface
+logger instead (:func:`route_nibabel_log`): the run log, and the terminal only with ``-v``.
+What bidsreface assumed of an image's geometry is said once per image instead, before the run
+(:func:`geometry_note`).
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import zlib
 from pathlib import Path
@@ -15,6 +24,37 @@ from nibabel.openers import ImageOpener
 
 from . import __version__
 from .errors import ImageError
+
+#: The logger nibabel reports header problems on, and where bidsreface sends them.
+NIBABEL_LOGGER, NIBABEL_TARGET = "nibabel.global", "nipype.interface"
+
+
+class _Forward(logging.Handler):
+    """Hands a record to another logger (its handlers, and their parents'), at its level."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger(self.target)
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def route_nibabel_log() -> None:
+    """Send nibabel's header messages to :data:`NIBABEL_TARGET` instead of the terminal (its
+    own stream handler, and the root logger's); done once per process."""
+    logger = logging.getLogger(NIBABEL_LOGGER)
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:  # nibabel's own, to stderr
+            logger.removeHandler(handler)
+    if not any(isinstance(handler, _Forward) for handler in logger.handlers):
+        logger.addHandler(_Forward(NIBABEL_TARGET))
+    logger.propagate = False
+
+
+route_nibabel_log()
 
 #: Plausible limits for a head MRI.
 MIN_VOXELS_PER_AXIS = 16
@@ -97,10 +137,69 @@ def read_header(path: str | Path) -> nb.Nifti1Header:
     ``scl_inter`` and ``vox_offset`` in ``img.header``; an output written with a copy of that
     header would read back off by the slope. This header is read from the file itself (a
     :class:`nibabel.Nifti2Header` for a NIfTI-2 file).
+
+    The fields are taken as stored, unchecked: nibabel's checks would "fix" them (a ``pixdim``
+    of 0 read as 1), and an output written with that header would carry a voxel size that
+    its sform contradicts.
     """
-    header_class = nb.load(path).header_class
     with ImageOpener(path) as fobj:
-        return header_class.from_fileobj(fobj)
+        start = fobj.read(4)
+        sizes = {int.from_bytes(start, "little"), int.from_bytes(start, "big")}
+        header_class = nb.Nifti2Header if 540 in sizes else nb.Nifti1Header
+        if not sizes & {348, 540}:
+            raise ValueError(f"{path} is not a NIfTI-1 or NIfTI-2 file")
+        fobj.seek(0)
+        return header_class.from_fileobj(fobj, check=False)
+
+
+def geometry_note(path: str | Path) -> str | None:
+    """What was assumed of an image's geometry where its header's is missing or inconsistent
+    (one sentence); None when the header says it plainly. The output keeps the header as
+    stored either way.
+
+    The image is read as nibabel reads it (the sform where its code is set, else the qform,
+    else a base orientation), and so is every step of bidsreface.
+    """
+    try:
+        header = read_header(path)
+    except Exception:  # nibabel raises many types: the run fails it with the reason (load_image)
+        return None
+    pixdim = np.asarray(header["pixdim"][1:4], np.float64)
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    sizes = "x".join(f"{z:g}" for z in pixdim)
+    valid = bool(np.all(np.isfinite(pixdim)) and np.all(pixdim > 0))
+    kept = "the output keeps the header as stored"
+    if qcode == 0 and scode == 0:
+        fixed = header.copy()  # pixdim as nibabel reads it: sizes not positive taken as 1
+        dims = np.array(header["pixdim"], np.float64)
+        good = np.isfinite(dims[1:4]) & (dims[1:4] != 0)
+        dims[1:4] = np.where(good, np.abs(np.nan_to_num(dims[1:4])), 1.0)
+        fixed["pixdim"] = dims
+        axes = "".join(nb.aff2axcodes(fixed.get_base_affine()))
+        return (f"no orientation stored (qform and sform codes 0): assumed {axes} voxel axes "
+                f"(nibabel's default for such files) and a "
+                f"{'x'.join(f'{z:g}' for z in fixed['pixdim'][1:4])} mm voxel size, centred "
+                f"on the volume; check the face in the QC figures; {kept}")
+    if scode > 0:
+        sform = header.get_sform()
+        used = "x".join(f"{z:.3g}" for z in np.sqrt((sform[:3, :3] ** 2).sum(axis=0)))
+        if not valid:
+            return (f"pixdim {sizes} is not a voxel size: the sform's ({used} mm) was used; "
+                    f"{kept}")
+        if qcode > 0:
+            last = [n - 1 for n in (*header.get_data_shape()[:3], 1, 1)[:3]]
+            corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)],
+                               np.float64) * [*last, 1]
+            apart = float(np.abs(corners @ (header.get_qform() - sform).T).max())
+            if apart > 0.01:
+                return (f"qform and sform disagree (by up to {apart:.2g} mm across the volume): "
+                        f"the sform was used (as nibabel reads it); {kept}")
+        return None
+    if not valid:
+        return (f"pixdim {sizes} is not a voxel size and no sform is set: the qform's "
+                f"orientation was used with a voxel size of 1 mm where pixdim is not positive "
+                f"(nibabel's fix); {kept}")
+    return None
 
 
 def scaling(header: nb.Nifti1Header) -> tuple[float, float]:

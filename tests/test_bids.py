@@ -17,6 +17,7 @@ from bidsreface.bids import (
     AnatImage,
     collect_images,
     derivative_path,
+    name_problem,
     scrub_sidecar,
     write_dataset_description,
     write_json_atomic,
@@ -37,7 +38,6 @@ IMAGES = [
 ]
 OTHER_FILES = [
     "sub-01/ses-1/func/sub-01_ses-1_task-rest_bold.nii.gz",
-    "sub-01/ses-1/anat/sub-01_ses-1_foo-bar_T1w.nii.gz",  # not BIDS: unknown entity
     "derivatives/bidsreface/sub-01/ses-1/anat/sub-01_ses-1_desc-defaced_T1w.nii.gz",
     "sourcedata/sub-01/anat/sub-01_T1w.nii.gz",
 ]
@@ -131,6 +131,19 @@ def test_collect_t1w(bids_dir):
     }
     assert warnings == ["T1w: found for 2 of 3 participants",
                         "1 of 3 participants have no T1w image and are skipped: sub-03"]
+
+
+def test_unindexed_image_is_selected_and_named(bids_dir):
+    """An anatomical file pybids does not index (unknown entity) is selected, never dropped;
+    the run then fails it by name (:func:`bidsreface.bids.name_problem`)."""
+    _nifti(bids_dir / "sub-01/ses-1/anat/sub-01_ses-1_foo-bar_T1w.nii.gz")
+    images, warnings = collect_images(_settings(bids_dir, suffixes=("T1w",)))
+    image = next(img for img in images["01"] if "foo-bar" in img.path.name)
+    assert (image.subject, image.session, image.suffix) == ("01", "1", "T1w")
+    assert warnings[-1].startswith("1 image file not indexed as BIDS")
+    assert warnings[-1].endswith(": sub-01/ses-1/anat/sub-01_ses-1_foo-bar_T1w.nii.gz")
+    assert name_problem(image) == ("file name not valid BIDS: 'foo-bar' is not a BIDS entity; "
+                                   "rename the file (and its sidecar) and run again")
 
 
 def test_image_fields(bids_dir):

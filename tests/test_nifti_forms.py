@@ -18,6 +18,7 @@ from nifti_forms import (
     FORMS,
     IDENTIFYING_TEXT,
     KEPT_FIELDS,
+    Form,
     file_bytes,
     file_header,
     scaled,
@@ -252,3 +253,56 @@ def test_keep_nifti_extensions_is_recorded(head, tmp_path):
                                                   "db_name"}
     with pytest.raises(RuntimeError, match="extension 6"):
         header_record(raw, out, keep_extensions=False)
+
+
+# --------------------------------------------------------------------------- odd geometry
+
+#: Geometry that nibabel reads only by assuming something: a pixdim of 0 beside a valid sform,
+#: and no orientation at all (both codes 0).
+ODD_GEOMETRY = (
+    Form("pixdimzero", "int16", gain=2.0,
+         raw_fields={"pixdim": np.array([-1, 0, 0, 0, 1, 1, 1, 1], np.float32)}),
+    Form("nocodes", "int16", gain=2.0, qform_code=0, sform_code=0),
+)
+
+
+def _as_stored(path: Path) -> nb.Nifti1Header:
+    """The header as stored, not "fixed" by nibabel's checks (a pixdim of 0 stays 0)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(path) as fobj:
+        return nb.Nifti1Header.from_fileobj(fobj, check=False)
+
+
+@pytest.mark.parametrize("form", ODD_GEOMETRY, ids=[f.name for f in ODD_GEOMETRY])
+def test_odd_geometry_is_written_as_stored_and_noted(form, head, tmp_path, capfd):
+    """Before: a pixdim of 0 was written as 1, so the output's qform (1 mm) contradicted its
+    sform (1.9 mm), and nibabel's messages reached the terminal."""
+    from bidsreface.image import geometry_note
+
+    raw = write_form(form, head, tmp_path / "raw" / f"sub-01_{form.name}")
+    out = save_like(stored_values(raw), raw, tmp_path / "defaced.nii.gz", "defaced")
+    a, b = _as_stored(raw), _as_stored(out)
+    for name in KEPT_FIELDS:
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
+    assert np.array_equal(nb.load(out).affine, nb.load(raw).affine)
+    note = geometry_note(raw)
+    if form.name == "pixdimzero":
+        assert note == ("pixdim 0x0x0 is not a voxel size: the sform's (1.9x1.9x1.9 mm) was "
+                        "used; the output keeps the header as stored")
+    else:
+        assert note.startswith("no orientation stored (qform and sform codes 0): assumed LAS "
+                               "voxel axes")
+    captured = capfd.readouterr()
+    assert "pixdim" not in captured.err + captured.out
+
+
+def test_geometry_note_only_where_something_was_assumed(head, tmp_path):
+    from bidsreface.image import geometry_note
+
+    notes = {form.name: geometry_note(write_form(form, head, tmp_path / form.name))
+             for form in FORMS}
+    assert notes.pop("codesdiffer") == ("qform and sform disagree (by up to 2 mm across the "
+                                        "volume): the sform was used (as nibabel reads it); "
+                                        "the output keeps the header as stored")
+    assert notes == dict.fromkeys(notes)

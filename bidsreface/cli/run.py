@@ -215,7 +215,8 @@ def run_participant(settings) -> int:
                               generated_by_model(settings))
     plugin, plugin_args = execution_plugin(settings)
     log_handler = _configure_nipype(settings, plugin)
-    try:
+    try:  # nibabel's messages on the headers read first go to the run log too
+        selected, images, rejected = images, *_preflight(images, settings)
         for subject in images:  # what a killed run was writing
             remove_temporaries(settings.output_dir / f"sub-{subject}")
         fingerprints, done = resume_plan(images, settings)
@@ -243,7 +244,7 @@ def run_participant(settings) -> int:
                 LOGGER.info("workflow finished with errors: %s", err)
 
         depends_on = _dependencies(images)
-        outcomes, failed, warned = {}, 0, []
+        outcomes, failed, warned = {}, len(rejected), []
         for image, subject in todo.items():
             record = qc_path(settings.output_dir, image)
             if record.is_file() and record.stat().st_mtime >= started:
@@ -265,7 +266,7 @@ def run_participant(settings) -> int:
         log_handler.close()
     from ..reports.participant import write_participant_report
 
-    for subject in images:  # after the failures are recorded: the reports list them
+    for subject in selected:  # after the failures are recorded: the reports list them
         write_participant_report(settings.output_dir, subject)
     for line in warned:  # what a curator must look at, though the image passed
         print(f"bidsreface: warning: {line}", file=sys.stderr)
@@ -274,6 +275,26 @@ def run_participant(settings) -> int:
           + (f", {failed} failed (see the sub-*/log folders)" if failed else ""),
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _preflight(images: dict, settings) -> tuple[dict, dict]:
+    """Fail, each with its line and record, the images that cannot be read or named
+    (:func:`bidsreface.preflight.preflight`), and say what was assumed of any image's
+    geometry; return the images to process and ``{image: reason}`` of those failed."""
+    from ..bids import ANAT_SUFFIXES
+    from ..derivatives import write_failure
+    from ..image import geometry_note
+    from ..preflight import preflight
+    from ..progress import image_label
+
+    found = preflight(images, _dependencies(images), settings.suffixes or ANAT_SUFFIXES,
+                      geometry_note)
+    for image, reason in found.failures.items():
+        write_failure(image, settings.output_dir, reason)
+        print(f"bidsreface: {image_label(image)}: failed: {reason}", file=sys.stderr)
+    for image, note in found.notes.items():
+        print(f"bidsreface: warning: {image_label(image)}: {note}", file=sys.stderr)
+    return found.images, found.failures
 
 
 def _qc_failure(record_path: Path) -> str:
