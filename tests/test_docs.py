@@ -101,14 +101,3 @@ def test_readme_is_short_and_gives_the_two_commands():
     assert install.strip() in getting_started
     assert any(b.strip() == "bash .ci/run" for b in blocks)
     assert (ROOT / ".ci" / "run").is_file()
-
-
-def test_pages_of_other_branches_join_the_toctree(tmp_path):
-    extension = _docs_extension()
-    index = (DOCS / "index.md").read_text(encoding="utf-8")
-    assert extension.add_optional_pages(tmp_path, index) == index  # none present
-    (tmp_path / "check.md").write_text("# bidsreface-check\n")
-    (tmp_path / "datalad.md").write_text("# DataLad\n")
-    added = extension.add_optional_pages(tmp_path, index)
-    assert "\nusage\ncheck\n" in added and "\nexport\ndatalad\n" in added
-    assert extension.add_optional_pages(tmp_path, added) == added  # listed once

@@ -1,9 +1,5 @@
 """Directives that take lists from the code, so that the docs cannot drift from it.
 
-Pages written on other branches (:data:`OPTIONAL_PAGES`) join the index's toctree where they
-exist, so that the build passes with and without them (a toctree entry for a missing file, or
-a page in no toctree, is a warning, and warnings are errors).
-
 ``bidsreface-columns``
     The columns of ``group_<suffix>.tsv`` (``group``) or ``group_audit.tsv`` (``audit``), in
     the order the code writes them, each with its meaning from :data:`COLUMN_DOCS`. A column
@@ -11,8 +7,6 @@ a page in no toctree, is a warning, and warnings are errors).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import Directive, directives
@@ -132,30 +126,6 @@ class ColumnsDirective(Directive):
         return container.children
 
 
-#: ``{page: the page it follows}`` in the index's first toctree, when ``<page>.md`` exists.
-OPTIONAL_PAGES = {"check": "usage", "datalad": "export"}
-
-
-def add_optional_pages(srcdir: str | Path, source: str) -> str:
-    r"""The index's source with each present optional page listed after its neighbour (left
-    alone where the index lists it already).
-
-    >>> add_optional_pages("/nonexistent", "usage\nexport\n")
-    'usage\nexport\n'
-    """
-    for page, after in OPTIONAL_PAGES.items():
-        listed = f"\n{page}\n" in f"\n{source}"
-        if (Path(srcdir) / f"{page}.md").is_file() and not listed:
-            source = source.replace(f"\n{after}\n", f"\n{after}\n{page}\n", 1)
-    return source
-
-
-def _index_source(app, docname, source):
-    if docname == "index":
-        source[0] = add_optional_pages(app.srcdir, source[0])
-
-
 def setup(app):
     app.add_directive("bidsreface-columns", ColumnsDirective)
-    app.connect("source-read", _index_source)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
