@@ -63,9 +63,9 @@ def dates_key(output_dir: str | Path) -> str:
 
     256 random bits, written once (``O_EXCL``, readable by its owner only) so that every run,
     group level and export on the same output folder shifts a participant's dates by the same
-    days. Whoever holds the key can compute the shifts back: it stays in the output folder and
-    is never published; deleting it makes the published shifts unrecoverable (later runs then
-    draw new ones).
+    days. Whoever holds the key can compute the shifts back: it stays in the output folder
+    (git and DataLad are told to ignore its folder) and is never exported; deleting it makes
+    the published shifts unrecoverable (later runs then draw new ones).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -73,19 +73,29 @@ def dates_key(output_dir: str | Path) -> str:
     ...     first == dates_key(tmp), len(first)
     (True, 64)
     """
+    from .content import content_problem
+    from .errors import UsageError
+
     path = Path(output_dir) / KEY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(handle, "w") as fobj:
-            fobj.write(secrets.token_hex(32) + "\n")
-    key = path.read_text(encoding="ascii").strip()
-    if not re.fullmatch(r"[0-9a-f]{64}", key):
-        raise ValueError(f"{path}: not a date-shift key (64 hexadecimal digits); remove it to "
-                         f"draw new shifts")
+    # git and DataLad leave the folder out: a `datalad save` of the outputs never records it
+    ignore = path.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n", encoding="ascii")
+    if not path.is_symlink():
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(handle, "w") as fobj:
+                fobj.write(secrets.token_hex(32) + "\n")
+    problem = content_problem(path, output_dir)
+    key = "" if problem else path.read_text(encoding="ascii", errors="replace").strip()
+    if problem or not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise UsageError(f"{path}: the date-shift key cannot be read "
+                         f"({problem or 'not 64 hexadecimal digits'}); remove it to draw new "
+                         f"shifts (dates already shifted with it will not match)")
     return key
 
 

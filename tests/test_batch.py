@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from conftest import checksums, read_only
 
 from bidsreface.bids import AnatImage
+from bidsreface.dates import KEY_FILE
 from bidsreface.derivatives import qc_path
 
 BIDSREFACE = str(Path(sys.executable).with_name("bidsreface"))
@@ -129,6 +131,9 @@ def test_killed_run_resumes_to_identical_outputs(small_dataset, uninterrupted, t
     the outputs equal those of the uninterrupted run."""
     out, work = tmp_path / "out", tmp_path / "work"
     before = checksums(small_dataset)
+    key = out / KEY_FILE  # the same date-shift secret as the uninterrupted run's output folder
+    key.parent.mkdir(parents=True)
+    shutil.copy2(uninterrupted / KEY_FILE, key)
     with read_only(small_dataset):
         proc = _bidsreface(small_dataset, out, work)
         deadline = time.time() + 600

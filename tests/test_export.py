@@ -234,7 +234,7 @@ def test_other_files_linked_sidecars_scrubbed_scans_filtered(small):
     assert (export / "sub-01/sub-01_scans.tsv").read_text() == (
         f"filename\tacq_time\nanat/sub-01_T1w.nii.gz\t{shift_value('2020-01-02T10:11:12', days)}"
         f"\nfunc/sub-01_task-rest_bold.nii.gz\t{shift_value('2020-01-02T10:31:12', days)}\n")
-    assert shift_value("2020-01-02T10:31:12", days).startswith(("18", "19"))
+    assert int(shift_value("2020-01-02T10:31:12", days)[:4]) <= 1925
     description = json.loads((export / "dataset_description.json").read_text())
     assert description["DatasetType"] == "raw" and description["Name"] == "small"
     assert description["GeneratedBy"][-1]["Name"] == "bidsreface"
