@@ -173,10 +173,7 @@ def export_dataset(settings) -> dict:
     try:
         build(plan, bids_dir, tmp)
         check_no_links(tmp, target)
-        from .check import verify_export  # faces and identifying fields left: refuse
-
-        problems = verify_export(tmp, nprocs=settings.nprocs,
-                                 keep_extensions=settings.keep_nifti_extensions)
+        problems = _faces_left_out(plan, bids_dir, tmp, settings)
         if problems:
             kept = tmp.with_name(f".{target.name}.bidsreface-unsafe")
             os.replace(tmp, kept)
@@ -191,6 +188,39 @@ def export_dataset(settings) -> dict:
         if tmp.exists():
             shutil.rmtree(tmp)
     return _report(plan, target)
+
+
+def _faces_left_out(plan: Plan, bids_dir: Path, tmp: Path, settings) -> list[str]:
+    """Check the built export *tmp* (:func:`bidsreface.check.export_findings`); return what it
+    must not hold, one line each.
+
+    bidsreface de-identifies anatomical images only: a face found in another image (a
+    ``func`` reference, a ``fmap`` magnitude) leaves that image out, with its sidecars and
+    table rows, listed with the face's score; the export is then built and checked again.
+    Anything else found (a face in a de-identified image, a field left) is returned.
+    """
+    from .check import describe, export_findings
+
+    while True:
+        found = export_findings(tmp, nprocs=settings.nprocs,
+                                keep_extensions=settings.keep_nifti_extensions)
+        faces = {f.file: f for f in found if f.kind in ("face", "face-in-deidentified")
+                 and not _ANAT_IMAGE.match(f.file) and f.file in plan.files}
+        if not faces or len(faces) < len(found):
+            return [describe(f) for f in found]
+        for relpath, finding in faces.items():
+            plan.files.pop(relpath)
+            plan.left_out[relpath] = (f"shows a face ({finding.evidence.split(';')[0]}): "
+                                      f"bidsreface de-identifies anatomical images only")
+        owners = {_stem_key(path): path for path in faces}
+        for relpath in [p for p in plan.files if p.endswith(_COMPANIONS)]:
+            owner = owners.get(_stem_key(relpath) or "")
+            if owner is not None:
+                plan.files.pop(relpath)
+                plan.left_out[relpath] = f"belongs to the left-out {owner.rsplit('/', 1)[-1]}"
+        shutil.rmtree(tmp)
+        build(plan, bids_dir, tmp)
+        check_no_links(tmp, tmp)
 
 
 def _report(plan: Plan, target: Path) -> dict:

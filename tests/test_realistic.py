@@ -125,6 +125,17 @@ def test_export_covers_every_anatomical_image(realistic_run):
     assert not (export / "derivatives").exists()
     left_out = (export / "code" / "bidsreface" / "left_out.tsv").read_text()
     assert not any(rel in left_out for rel in ANAT)
+    # a 3D-readable bold that shows a face (its first volume is a real head) is not exported:
+    # bidsreface de-identifies anatomical images only; it is listed with its sidecar
+    bolds = sorted(p.relative_to(realistic_run["bids"]).as_posix()
+                   for p in realistic_run["bids"].glob("sub-*/**/func/*_bold.nii*"))
+    for bold in bolds:
+        shown = [line for line in left_out.splitlines() if line.startswith(bold + "\t")]
+        if shown:
+            assert "shows a face (score" in shown[0], shown
+            assert not (export / bold).exists()
+        else:
+            assert (export / bold).is_file()
 
 
 def test_group_tables_cover_every_suffix(realistic_run):
@@ -154,7 +165,10 @@ def test_progress_lines(realistic_run):
                             for rel in ANAT)
     assert "left" not in progress[-1]
     assert "Traceback" not in realistic_run["stderr"]
-    assert not any("warning" in line for line in lines)  # nothing asked for is missing
+    # nothing asked for is missing: the only warnings are QC flags, one per flagged image
+    warnings = [line for line in lines if "warning" in line]
+    assert all(re.match(r"bidsreface: warning: sub-\S+( \S+)*: .* \(see sub-\S+\.html\)$",
+                        line) for line in warnings), warnings
     assert "bidsreface: 10 of 10 images de-identified" in lines
 
 

@@ -98,22 +98,29 @@ def check_dataset(root: str | Path, *, nprocs: int = 1, keep_renders: bool = Fal
 EXPORT_PROBLEMS = ("face-in-deidentified", "face", "sidecar-field")
 
 
-def verify_export(root: str | Path, *, nprocs: int = 1, keep_extensions: bool = False
-                  ) -> list[str]:
-    """What is wrong with an export of bidsreface at *root*: one line per face found (but a
-    refaced image's generated face), per identifying sidecar field left, and per NIfTI header
+def export_findings(root: str | Path, *, nprocs: int = 1, keep_extensions: bool = False
+                    ) -> list[Finding]:
+    """What is wrong with an export of bidsreface at *root*: each face found (but a refaced
+    image's generated face), each identifying sidecar field left, and each NIfTI header
     extension or identifying text field left in a de-identified anatomical image (extensions
     are allowed with *keep_extensions*). Empty when nothing is.
 
     The dates of ``*_scans.tsv``, ``participants.tsv`` and file names are the user's and the
     export leaves them as they are: they are not problems of the export.
     """
-    root = Path(root)
-    result = check_dataset(root, nprocs=nprocs)
+    result = check_dataset(Path(root), nprocs=nprocs)
     header_kinds = ("nifti-text",) if keep_extensions else ("nifti-text", "nifti-extension")
-    problems = []
-    for f in result.findings:
-        anat = "/anat/" in f"/{f.file}"
-        if f.kind in EXPORT_PROBLEMS or (f.kind in header_kinds and anat):
-            problems.append(f"{f.file}: {f.kind} {f.field}: {f.evidence}".replace("  ", " "))
-    return problems
+    return [f for f in result.findings
+            if f.kind in EXPORT_PROBLEMS or (f.kind in header_kinds and "/anat/" in f"/{f.file}")]
+
+
+def describe(finding: Finding) -> str:
+    """One line for a finding: ``file: kind field: evidence``."""
+    return f"{finding.file}: {finding.kind} {finding.field}: {finding.evidence}".replace("  ", " ")
+
+
+def verify_export(root: str | Path, *, nprocs: int = 1, keep_extensions: bool = False
+                  ) -> list[str]:
+    """:func:`export_findings`, one line each."""
+    return [describe(f) for f in export_findings(root, nprocs=nprocs,
+                                                 keep_extensions=keep_extensions)]
