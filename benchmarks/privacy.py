@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/privacy.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
-        [--seeds 3] [--seed-people 12] [--limit N] [--view-deg 30]
+        [--seeds 3] [--seed-people 12] [--limit N] [--view-deg 30] [--memorisation]
 
 On the validation people of ``HEADS_DIR`` (``benchmarks/validation.py``; none of them reached
 the model's training), the gallery holds a frontal render of each original; the probes are:
@@ -16,8 +16,16 @@ detected, rank-1 identification rate, ROC-AUC, EER and linkability
 (:mod:`bidsreface.qc.audit`), with the chance rank-1 (1 / people in the gallery). Then, per
 model, how different the faces of different seeds are (``--seeds`` seeds on the first
 ``--seed-people`` images) against how different two real people are (pairs of the
-originals), and how different the faces one seed gives two people are. Renders and
-embeddings stay in memory; only distances are printed.
+originals), and how different the faces one run seed gives two people are (each person gets
+the seed the App gives that participant). A model given as ``prior`` (or ``prior:FILE``) is
+the population prior as ``--reface prior`` uses it.
+
+``--memorisation`` checks that no model gives back a face it learnt from: the faces of the
+training people (every training IXI person of the split, which holds the refacing model's
+and the prior's people; registered as the App registers, matrices kept in
+``--prepared``/training) are rendered, the 5th percentile of the distances between two of them
+taken, and every refaced face of the run (all seeds) must be further than that from every
+training person. Renders and embeddings stay in memory; only distances are printed.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-people", type=int, default=12)
+    parser.add_argument("--memorisation", action="store_true",
+                        help="check every refaced face against the training people's faces")
     parser.add_argument("--view-deg", type=float, default=0.0,
                         help="render every probe turned by this many degrees (the gallery "
                         "stays frontal): the ears and the head's outline show more")
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(s['roc_auc']):>9}{fmt(s['eer']):>7}{fmt(s['linkability']):>7}")
         # different seeds against different people
         chosen = ok[: args.seed_people]
+        refaced_faces = {label: [face_of(outputs[r["name"]][label], r["matrix"]) for r in ok]
+                         for label in methods} if args.memorisation else {}
         between = people_pairs(chosen, [face_of(r["original"], r["matrix"]) for r in chosen])
         print(f"\ntwo real people (originals of {len(chosen)} images): distance median "
               f"{np.median(between):.3f} ({np.percentile(between, 10):.3f}-"
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             pairs = [embedding_distance(a, b) for found in faces.values()
                      for a, b in itertools.combinations(found, 2)
                      if a is not None and b is not None]
+            if args.memorisation:
+                refaced_faces[label] += [f for found in faces.values() for f in found[1:]]
             if pairs:
                 print(f"{label}: faces of different seeds of one image ({len(pairs)} pairs): "
                       f"distance median {np.median(pairs):.3f} ({np.percentile(pairs, 10):.3f}-"
@@ -108,7 +122,61 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: faces of two people, seed 0 ({len(people)} pairs): "
                       f"distance median {np.median(people):.3f} ({np.percentile(people, 10):.3f}-"
                       f"{np.percentile(people, 90):.3f})")
+        if args.memorisation:
+            memorisation(args.heads_dir, args.prepared or Path(tmp), refaced_faces,
+                         args.nprocs)
     return 0
+
+
+def training_face(path: Path, cache: Path):
+    """The face embedding of a training head's frontal render (None without a face), its
+    registration to the template kept in ``cache``."""
+    from bidsreface.deface.register import register_to_template
+    from bidsreface.deface.template import load_template
+    from bidsreface.image import load_image
+    from bidsreface.qc.audit import face_of
+    from bidsreface.reface.heads import head_key
+
+    matrix_file = cache / f"{head_key(path)}.matrix.txt"
+    if not matrix_file.exists():
+        img = load_image(path)
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+        reg = register_to_template(data, img.affine, load_template(), seed=0)
+        if not reg.ok:
+            return None
+        np.savetxt(matrix_file, reg.matrix)
+    return face_of(path, np.loadtxt(matrix_file))
+
+
+def memorisation(heads_dir: Path, prepared: Path, refaced: dict, nprocs: int) -> None:
+    """Print, per model, how many refaced faces are closer to a training person than the 5th
+    percentile of the distances between two training people (0 passes)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from build_model import person_of, split_people
+
+    from bidsreface.qc.faces import embedding_distance
+
+    training, _ = split_people(heads_dir)
+    training = [p for p in training if person_of(p).startswith("IXI")]
+    cache = prepared / "training"
+    cache.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max(1, nprocs)) as pool:
+        faces = list(pool.map(partial(training_face, cache=cache), training))
+    known = [f for f in faces if f is not None]
+    between = [embedding_distance(a, b) for a, b in itertools.combinations(known, 2)]
+    floor = float(np.percentile(between, 5))
+    print(f"\nmemorisation: {len(known)} of {len(training)} training people show a face; two "
+          f"training people: 5th percentile {floor:.3f}, median {np.median(between):.3f}")
+    for label, found in refaced.items():
+        nearest = [min(embedding_distance(f, k) for k in known) for f in found if f is not None]
+        if not nearest:
+            continue
+        close = sum(d < floor for d in nearest)
+        print(f"{label}: {len(nearest)} refaced faces; nearest training person median "
+              f"{np.median(nearest):.3f}, lowest {min(nearest):.3f}; closer than the 5th "
+              f"percentile: {close} ({'passed' if close == 0 else 'FAILED'})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/realism.py HEADS_DIR [--prepared DIR] [--model LABEL=FILE ...] \\
         [--without-noise] [--limit N] [--region head] [--registry] \\
-        [--prior FILE] [--prior-seed N ...] [--no-brain]
+        [--prior FILE] [--prior-seed N ...] [--prior-plain] [--no-brain]
 
 On the validation people of ``HEADS_DIR`` (see ``benchmarks/validation.py``), each image's
 defaced head is refaced by every model given (default: the packaged one, as ``packaged``) and
@@ -25,8 +25,10 @@ and the images within each target, for images finer than 1.5 mm and for the othe
 at about 1.9 mm with ``BIDSREFACE_BRAINSMALL``), none in training, as a third group.
 ``--prior FILE`` adds the population prior (``scripts/build_prior.py``) alone, as ``prior``:
 its template carried through the registration and matched to the image as the template's face
-is (:func:`bidsreface.reface.prior.prior_reface_file`), and with each ``--prior-seed`` a head
-drawn from its modes (``prior-sN``).
+is, the image's noise matched and the join to the kept head smoothed, as ``--reface prior``
+does (:func:`bidsreface.reface.prior.prior_reface_file`), and with each ``--prior-seed`` a
+head drawn from its modes (``prior-sN``); ``--prior-plain`` adds them pasted as they are.
+``seam`` is the join at the mask's border against the original's (at most 1.25).
 Nothing of a face is written outside a temporary folder (``--prepared`` keeps the defaced
 heads).
 """
@@ -50,15 +52,17 @@ TARGETS = {"histogram_distance": (0.0, 0.05), "dark_ratio": (0.7, 1.3),
            "gradient_ratio": (0.8, 1.25), "noise_ratio": (0.8, 1.25),
            "noise_vs_original": (0.8, 1.25),
            "inner_dark_ratio": (0.7, 1.3), "structure_ratio": (0.8, 1.25),
+           "seam_ratio": (0.0, 1.25),
            "brain_dice": (0.99, 1.0), "brain_volume_pct": (-1.0, 1.0)}
 
 
-def reface_prior(rows: list[dict], path: Path, out_dir: Path, seed: int | None) -> dict:
+def reface_prior(rows: list[dict], path: Path, out_dir: Path, seed: int | None,
+                 plain: bool = False) -> dict:
     """Reface every ok image with the prior at ``path`` (its template, or the head drawn with
     ``seed``); ``{name: (path, seconds)}`` as :func:`validation.reface_all`."""
     import time
 
-    from bidsreface.reface.prior import load_prior, prior_reface_file
+    from bidsreface.reface.prior import JOIN_MM, load_prior, prior_reface_file
 
     prior = load_prior(path)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +71,8 @@ def reface_prior(rows: list[dict], path: Path, out_dir: Path, seed: int | None) 
         target = out_dir / f"{Path(row['rel']).name.split('.')[0]}.nii.gz"
         start = time.perf_counter()
         prior_reface_file(row["defaced"], row["mask"], row["matrix"], target, prior=prior,
-                          seed=seed)
+                          seed=seed, noise_seed=None if plain else (seed or 0),
+                          join_mm=0.0 if plain else JOIN_MM)
         done[row["name"]] = (target, time.perf_counter() - start)
     return done
 
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also the population prior alone (its template), as 'prior'")
     parser.add_argument("--prior-seed", type=int, action="append", default=[],
                         help="with --prior, also a head drawn from its modes with this seed")
+    parser.add_argument("--prior-plain", action="store_true",
+                        help="with --prior, also each prior fill pasted as it is (no noise "
+                             "matched, no join), as 'prior-plain' / 'prior-plain-sN'")
     parser.add_argument("--no-brain", action="store_true",
                         help="leave out the brain mask network's figures (Dice, volume)")
     args = parser.parse_args(argv)
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior:
         methods["prior"] = ("prior", args.prior, None)
         methods.update({f"prior-s{s}": ("prior", args.prior, s) for s in args.prior_seed})
+        if args.prior_plain:
+            methods["prior-plain"] = ("prior", args.prior, None, True)
+            methods.update({f"prior-plain-s{s}": ("prior", args.prior, s, True)
+                            for s in args.prior_seed})
     results = []
     with tempfile.TemporaryDirectory(prefix="bidsreface-realism-") as tmp:
         rows = prepare(args.heads_dir, args.prepared, Path(tmp), args.nprocs, args.limit,
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(ok)} validation images ({len(rows) - len(ok)} without outputs)")
         for label, method in methods.items():
             if isinstance(method, tuple):
-                done = reface_prior(ok, method[1], Path(tmp) / label, method[2])
+                done = reface_prior(ok, method[1], Path(tmp) / label, method[2],
+                                    plain=len(method) > 3)
             else:
                 done = reface_all(ok, method, Path(tmp) / label, noise=label not in noiseless)
             for row in ok:
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "voxel_mm": float(np.mean(zooms)), **figures})
     print(f"{'image':<44}{'method':<12}{'mm':>5}{'hist':>8}{'dark o/r':>14}{'dark':>7}"
           f"{'grad':>7}{'noise':>7}{'n/orig':>7}{'in-dark o/r':>14}{'in-dark':>8}{'struct':>7}"
-          f"{'Dice':>8}{'vol %':>8}")
+          f"{'seam':>6}{'Dice':>8}{'vol %':>8}")
     for r in results:
         print(f"{r['image'][:43]:<44}{r['method']:<12}{r['voxel_mm']:>5.2f}"
               f"{r['histogram_distance']:>8.3f}"
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['noise_vs_original']:>7.2f}"
               f"{r['inner_dark_original']:>7.3f}/{r['inner_dark_refaced']:<6.3f}"
               f"{r['inner_dark_ratio']:>8.2f}{r['structure_ratio']:>7.2f}"
+              f"{r['seam_ratio']:>6.2f}"
               f"{r['brain_dice']:>8.4f}{r['brain_volume_pct']:>+8.2f}")
     print("\nmedian [images within target / images]")
     for group, test in (("finer than 1.5 mm", lambda r: r["voxel_mm"] < 1.5
@@ -162,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 within = int(np.sum((values >= lo) & (values <= hi)))
                 median = np.nanmedian(np.abs(values) if key == "brain_volume_pct" else values)
                 name = {"noise_vs_original": "noise/orig", "inner_dark_ratio": "in-dark",
-                        "structure_ratio": "struct"}.get(key, key.split("_")[0])
+                        "structure_ratio": "struct", "seam_ratio": "seam",
+                        }.get(key, key.split("_")[0])
                 parts.append(f"{name}{'|vol|' if 'volume' in key else ''} "
                              f"{median:.3f} [{within}/{len(values)}]")
             lowest = np.nanmin([r["inner_dark_ratio"] for r in chosen])

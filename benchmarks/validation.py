@@ -6,7 +6,8 @@ validation people reached training. Each validation head is registered, brain-ma
 defaced as the participant workflow does it (:func:`bidsreface.reface.heads.deface_heads`),
 in ``--prepared DIR`` (kept, and reused by a later run) or in a temporary folder. Each image
 gives its original, defaced image, deface mask, registration matrix and own brain mask;
-:func:`reface_all` refaces them with a model file or the template's face.
+:func:`reface_all` refaces them with a model file, the population prior or the template's
+face, each person with the seed the App gives that participant.
 """
 
 from __future__ import annotations
@@ -119,15 +120,25 @@ def prepare(heads_dir: Path, prepared: Path | None, tmp: Path, nprocs: int = 2,
 
 def reface_all(rows: list[dict], method: str, out_dir: Path, seed: int = 0,
                noise: bool = True) -> dict:
-    """Reface every ok image with ``method`` (a model file, or ``template``), the image's noise
-    matched unless ``noise`` is off; returns ``{name: (path, seconds)}``."""
+    """Reface every ok image with ``method`` (a model file, ``template``, or ``prior`` /
+    ``prior:FILE``: the population prior as ``--reface prior`` uses it), the image's noise
+    matched unless ``noise`` is off; returns ``{name: (path, seconds)}``.
+
+    ``seed`` is the run's ``--random-seed``: each person is refaced with the seed the App
+    gives that participant (:func:`bidsreface.config.participant_seed`), so one seed gives
+    different people different draws, as in a run.
+    """
     import time
 
+    from bidsreface.config import participant_seed
     from bidsreface.reface.infer import reface_file
+    from bidsreface.reface.prior import load_prior, prior_reface_file
     from bidsreface.reface.template_face import template_reface_file
     from bidsreface.reface.weights import load_model
 
-    model = None if method == "template" else load_model(method)
+    prior = (load_prior(method.split(":", 1)[1] if ":" in method else None)
+             if method.split(":", 1)[0] == "prior" else None)
+    model = None if method == "template" or prior is not None else load_model(method)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = {}
     for row in rows:
@@ -135,10 +146,14 @@ def reface_all(rows: list[dict], method: str, out_dir: Path, seed: int = 0,
             continue
         target = out_dir / f"{Path(row['rel']).name.split('.')[0]}_seed{seed}.nii.gz"
         start = time.perf_counter()
-        if model is None:
+        own = participant_seed(seed, row["person"])
+        if prior is not None:
+            prior_reface_file(row["defaced"], row["mask"], row["matrix"], target, prior=prior,
+                              seed=own, noise_seed=own if noise else None)
+        elif model is None:
             template_reface_file(row["defaced"], row["mask"], row["matrix"], target)
         else:
-            reface_file(row["defaced"], row["mask"], row["matrix"], model, target, seed=seed,
+            reface_file(row["defaced"], row["mask"], row["matrix"], model, target, seed=own,
                         brain_file=row["brain"], match_image_noise=noise)
         done[row["name"]] = (target, time.perf_counter() - start)
     return done

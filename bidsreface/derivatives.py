@@ -207,6 +207,13 @@ def refaced_sidecar(info: dict, mask_rel: str) -> dict:
                                f"from the seed; every other voxel is the input's.")
         meta["RefacedBy"].update(Model=info.get("model"), ModelSHA256=info.get("model_sha256"),
                                  Seed=info.get("seed"), Region=region)
+    elif info.get("reface_method") == "prior":
+        meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled with a "
+                               "head drawn from a population prior by the seed, carried by the "
+                               "registration and intensity-matched; every other voxel is the "
+                               "input's.")
+        meta["RefacedBy"].update(Model=info.get("model"), ModelSHA256=info.get("model_sha256"),
+                                 Seed=info.get("seed"))
     else:
         meta["Description"] = ("Defaced by bidsreface, then the removed voxels filled with the "
                                "template's, carried by the registration and "

@@ -539,6 +539,9 @@ def deidentification_method(record: dict, kind: str) -> str:
     if reface.get("reface_method") == "cgan":
         filler = (f"a synthetic face from a 3D conditional GAN (model {reface.get('model')}, "
                   f"sha256 {reface.get('model_sha256')}, seed {reface.get('seed')})")
+    elif reface.get("reface_method") == "prior":
+        filler = (f"a synthetic head drawn from a population prior (model {reface.get('model')}, "
+                  f"sha256 {reface.get('model_sha256')}, seed {reface.get('seed')})")
     else:
         filler = "the template's face, intensity-matched"
     return (f"{text}, then refilled with {filler}; every other voxel is the original's."

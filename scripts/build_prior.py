@@ -171,6 +171,19 @@ def principal_modes(rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
     return (vt[:count] * sd[:count, None]), (sv**2 / max((sv**2).sum(), 1e-12))[:count]
 
 
+def quantised(modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(int8 modes, float32 scale per mode)``: each mode's largest magnitude maps to 127
+    (rounding moves a value by at most half a step, 0.4 % of that magnitude).
+
+    >>> q, s = quantised(np.array([[0.5, -1.0], [2.0, 0.0]]))
+    >>> q.tolist(), [round(float(v), 4) for v in s]
+    ([[64, -127], [127, 0]], [0.0079, 0.0157])
+    """
+    scale = np.maximum(np.abs(modes).max(axis=tuple(range(1, modes.ndim))), 1e-12) / 127.0
+    shaped = scale.reshape((-1,) + (1,) * (modes.ndim - 1))
+    return np.round(modes / shaped).astype(np.int8), scale.astype(np.float32)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heads", type=Path, required=True)
@@ -179,7 +192,14 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--spacing", type=float, default=2.0)
     p.add_argument("--pad-mm", type=float, default=18.0)
-    p.add_argument("--modes", type=int, default=4)
+    p.add_argument("--modes", type=int, default=4, help="appearance modes")
+    p.add_argument("--shape-modes", type=int, help="shape modes (default: --modes)")
+    p.add_argument("--draw-scale", type=float, default=1.0,
+                   help="a seed's coefficients are standard normal amounts times this")
+    p.add_argument("--mode-people", type=int,
+                   help="training people of the last pass, whose differences from the "
+                        "template make the modes (default: --people); the template's people "
+                        "are among them when it is all of them")
     p.add_argument("--gradient-step", type=float, default=0.2)
     p.add_argument("--blend", type=float, default=0.75)
     p.add_argument("--metric", choices=("mattes", "CC"), default="mattes")
@@ -204,6 +224,9 @@ def main(argv=None) -> int:
     if held & {person_of(p) for p in people}:
         raise RuntimeError("a validation person reached the prior's people")
     print(f"{len(people)} training people, box {box.shape} at {box.spacing} mm", flush=True)
+    mode_people = training_people(args.heads, args.mode_people or args.people)
+    if held & {person_of(p) for p in mode_people}:
+        raise RuntimeError("a validation person reached the prior's people")
     heads = [boxed_head(path, box, args.work) for path in people]
     template = args.work / "template_00.nii.gz"
     if not template.exists():
@@ -219,8 +242,9 @@ def main(argv=None) -> int:
                              syn_iterations, args.metric)
         update_template(done, template, following, args.gradient_step, args.blend)
         template = following
-    print("modes pass", flush=True)
-    done = register_pass(template, heads, args.work / "pass_modes", args.threads,
+    print(f"modes pass: {len(mode_people)} people", flush=True)
+    mode_heads = [boxed_head(path, box, args.work) for path in mode_people]
+    done = register_pass(template, mode_heads, args.work / "pass_modes", args.threads,
                          syn_iterations, args.metric)
     mean = nb.load(template).get_fdata(dtype=np.float32)
     warped = np.stack([nb.load(f["warped"]).get_fdata(dtype=np.float32).ravel()
@@ -230,14 +254,18 @@ def main(argv=None) -> int:
         (*mean.shape, 3))[::SHAPE_STRIDE, ::SHAPE_STRIDE, ::SHAPE_STRIDE].reshape(-1)
         for f in done])
     appearance, appearance_share = principal_modes(warped, args.modes)
-    shape, shape_share = principal_modes(shift, args.modes)
+    shape, shape_share = principal_modes(shift, args.shape_modes or args.modes)
     warp_shape = tuple(len(range(0, n, SHAPE_STRIDE)) for n in mean.shape) + (3,)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    appearance_q, appearance_scale = quantised(appearance)
+    shape_q, shape_scale = quantised(shape)
     np.savez_compressed(
         args.out, template=mean.astype(np.float16),
-        appearance_modes=appearance.reshape((-1, *mean.shape)).astype(np.float16),
-        shape_modes=shape.reshape((-1, *warp_shape)).astype(np.float16),
-        shape_stride=SHAPE_STRIDE, box=json.dumps(box.to_dict()))
+        appearance_modes=appearance_q.reshape((-1, *mean.shape)),
+        appearance_scale=appearance_scale,
+        shape_modes=shape_q.reshape((-1, *warp_shape)), shape_scale=shape_scale,
+        shape_stride=SHAPE_STRIDE, draw_scale=np.float32(args.draw_scale),
+        box=json.dumps(box.to_dict()))
     minutes = (time.perf_counter() - started) / 60
     card = {
         "name": "bidsreface face-region prior (T1w)",
@@ -245,20 +273,26 @@ def main(argv=None) -> int:
         "data": {"source": "IXI T1w, 2 mm (Hammersmith Hospital, Philips 3T)",
                  "attribution": ATTRIBUTION,
                  "people": len(people), "people_ids": [person_of(p) for p in people],
+                 "mode_people": len(mode_people),
+                 "mode_people_ids": [person_of(p) for p in mode_people],
                  "split": "training people only (scripts/build_model.py split_people: every "
                           "fourth IXI person and every other/ person held out)"},
         "settings": {"box": box.to_dict(), "pad_mm": args.pad_mm,
                      "iterations": args.iterations, "syn_iterations": list(syn_iterations),
                      "metric": args.metric, "gradient_step": args.gradient_step,
                      "blend": args.blend, "modes": args.modes,
+                     "shape_modes": args.shape_modes or args.modes,
+                     "draw_scale": args.draw_scale,
                      "registration": "affine: bidsreface.deface.register.register_to_template;"
                                      " groupwise: ANTs SyNOnly, flow_sigma 3",
                      "intensity": "bidsreface.reface.space.intensity_scaling, mapped to 0-1"},
         "fields": {"template": "0-1 intensities on the box (float16)",
-                   "appearance_modes": "modes x box, one SD each",
+                   "appearance_modes": "modes x box, one SD each (int8; times "
+                                       "appearance_scale, one per mode)",
                    "shape_modes": "modes x (box / shape_stride) x 3: displacement (mm, ITK "
                                   "LPS) from template space to a head, one SD each, every "
-                                  "shape_stride-th voxel of the box"},
+                                  "shape_stride-th voxel of the box (int8; times shape_scale, "
+                                  "one per mode)"},
         "note": args.note,
         "variance_share": {"appearance": np.round(appearance_share, 3).tolist(),
                            "shape": np.round(shape_share, 3).tolist()},

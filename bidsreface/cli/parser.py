@@ -20,7 +20,7 @@ from bidsreface.errors import UsageError
 from bidsreface.workdir import default_work_dir
 
 #: Refacing methods accepted on the command line; only ``none`` runs in this version.
-REFACE_CHOICES = ("cgan", "template", "none")
+REFACE_CHOICES = ("cgan", "prior", "template", "none")
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -274,8 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     method = parser.add_argument_group("method")
     method.add_argument("--reface", choices=REFACE_CHOICES, default="cgan",
-                        help="how the removed face is filled: the cGAN model, the template's "
-                             "face, or not at all (defacing only)")
+                        help="how the removed face is filled: the cGAN model; a head drawn "
+                             "from the population prior by the participant's seed (eyes, "
+                             "nasal cavity, airway, tongue and jaw in place, a different "
+                             "face for each participant); the template's face; or not at all "
+                             "(defacing only)")
     method.add_argument("--reface-model", type=_abspath, metavar="FILE",
                         help="T1w refacing model file (default: the packaged model)")
     method.add_argument("--reface-region", choices=("face", "head"), default="face",

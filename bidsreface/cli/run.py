@@ -121,6 +121,14 @@ def generated_by_model(settings) -> dict | None:
         return None
     if settings.reface == "template":
         return {"Description": "Defaced, then refaced with the template's face (T1w)."}
+    if settings.reface == "prior":
+        from ..reface.prior import load_prior
+
+        prior = load_prior()
+        return {"Description": f"Defaced, then refaced with a head drawn from the population "
+                               f"prior {prior.name} (sha256 {prior.sha256}) by each "
+                               f"participant's seed (T1w); other contrasts defaced only.",
+                "Model": {"Name": prior.name, "SHA256": prior.sha256}}
     from ..reface.weights import load_model
 
     model = load_model(settings.reface_model)

@@ -19,7 +19,7 @@ class _RefaceInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="its deface mask")
     matrix_file = File(exists=True, mandatory=True, desc="template mm -> native mm")
     brain_mask_file = File(exists=True, desc="the image's own brain mask (privacy models)")
-    method = traits.Enum("cgan", "template", mandatory=True)
+    method = traits.Enum("cgan", "prior", "template", mandatory=True)
     model_file = File(exists=True, desc="refacing model (cgan)")
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda")
@@ -33,7 +33,8 @@ class _RefaceOutputSpec(TraitedSpec):
 
 
 class RefaceImage(SimpleInterface):
-    """Fill the defaced region with a synthetic face (cGAN, or the template's face)."""
+    """Fill the defaced region with a synthetic face (cGAN, the population prior, or the
+    template's face)."""
 
     input_spec = _RefaceInputSpec
     output_spec = _RefaceOutputSpec
@@ -56,6 +57,12 @@ class RefaceImage(SimpleInterface):
                                     seed=self.inputs.seed, device=device,
                                     brain_file=self.inputs.brain_mask_file or None)
             info["device"] = device
+        elif self.inputs.method == "prior":
+            from bidsreface.reface.prior import prior_reface_file
+
+            out, info = prior_reface_file(self.inputs.defaced_file, self.inputs.mask_file,
+                                          matrix, out_file, seed=self.inputs.seed,
+                                          noise_seed=self.inputs.seed)
         else:
             from bidsreface.reface.template_face import template_reface_file
 

@@ -34,6 +34,15 @@ outline):
     The mean gradient magnitude after a Gaussian of :data:`STRUCTURE_SIGMA_MM` (standard
     deviation) inside the head, refaced over original: structure at anatomical scale, which
     voxel noise does not reach.
+
+One more says whether the new region joins the kept head without a seam:
+
+``seam_ratio``
+    The mean gradient magnitude after a Gaussian of :data:`SEAM_SIGMA_MM` on the mask's
+    border (:func:`border_voxels`: the voxels on either side of it, tissue in either image,
+    so that a step in the head's outline counts),
+    refaced over original. A step where the region meets the kept head reads above 1; at most
+    1.25 is as smooth as the original is there.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ INNER_MM = 6.0
 INNER_DARK_FRACTION = 0.15
 #: Standard deviation (mm) of the Gaussian before the structure figure's gradient.
 STRUCTURE_SIGMA_MM = 3.0
+#: Standard deviation (mm) of the Gaussian before the seam figure's gradient.
+SEAM_SIGMA_MM = 1.0
 #: Radius (mm) of the closing that seals nostrils and lips in :func:`head_outline`.
 OUTLINE_CLOSING_MM = 4.0
 
@@ -158,6 +169,39 @@ def smooth_gradient(data: np.ndarray, affine: np.ndarray,
     return gradient_magnitude(smooth, affine)
 
 
+def border_voxels(mask: np.ndarray) -> np.ndarray:
+    """The voxels on either side of ``mask``'s border (face-connected neighbours).
+
+    >>> m = np.zeros((6, 1, 1), bool); m[3:] = True
+    >>> np.flatnonzero(border_voxels(m)).tolist()
+    [2, 3]
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    inside = mask & ndimage.binary_dilation(~mask)
+    outside = ~mask & ndimage.binary_dilation(mask)
+    return inside | outside
+
+
+def seam_ratio(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
+               affine: np.ndarray) -> float:
+    """``seam_ratio`` of the module's docstring (nan where the border crosses no tissue).
+
+    Both images are taken on the same grid; pass boxes around the mask for speed.
+    """
+    o = np.asarray(original, dtype=np.float32)
+    r = np.asarray(refaced, dtype=np.float32)
+    tissue_o = o > float(o.min()) + TISSUE_FRACTION * head_level(o)
+    tissue_r = r > float(r.min()) + TISSUE_FRACTION * head_level(r)
+    where = border_voxels(mask) & (tissue_o | tissue_r)
+    if not where.any():
+        return float("nan")
+    grad_o = float(smooth_gradient(o, affine, SEAM_SIGMA_MM)[where].mean())
+    grad_r = float(smooth_gradient(r, affine, SEAM_SIGMA_MM)[where].mean())
+    return round(grad_r / grad_o, 3) if grad_o > 0 else float("nan")
+
+
 def inner_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
                   affine: np.ndarray) -> dict:
     """The inner dark share and the anatomical-scale structure of the module's docstring.
@@ -173,7 +217,7 @@ def inner_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
     nan = float("nan")
     if box is None:
         return {"inner_voxels": 0, "inner_dark_original": nan, "inner_dark_refaced": nan,
-                "inner_dark_ratio": nan, "structure_ratio": nan}
+                "inner_dark_ratio": nan, "structure_ratio": nan, "seam_ratio": nan}
     o = np.asarray(original, dtype=np.float32)
     r = np.asarray(refaced, dtype=np.float32)
     level_o, level_r = head_level(o), head_level(r)
@@ -190,6 +234,7 @@ def inner_figures(original: np.ndarray, refaced: np.ndarray, mask: np.ndarray,
         "inner_dark_refaced": dark_r,
         "inner_dark_ratio": round(dark_r / dark_o, 3) if dark_o > 0 else nan,
         "structure_ratio": round(structure_r / structure_o, 3) if structure_o > 0 else nan,
+        "seam_ratio": seam_ratio(o, r, m, affine),
     }
 
 

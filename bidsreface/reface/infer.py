@@ -353,8 +353,11 @@ def fill_face(defaced_file: str | Path, mask_file: str | Path, values_fn, out_fi
         if noise_seed is not None:
             filled = data.copy()
             filled[mask_in] = values
+            # noise never takes tissue below the image's background (a magnitude image has
+            # no values there: a negative minimum would also move every level read from it)
             values = np.where(values != background,
-                              match_noise(filled, mask_in, filled > level, affine, noise_seed),
+                              np.maximum(match_noise(filled, mask_in, filled > level, affine,
+                                                     noise_seed), background),
                               values)
             values = match_air(values, data, mask_in, level, affine, noise_seed, background)
     stored = np.array(img.dataobj.get_unscaled()).reshape(img.shape[:3])

@@ -28,13 +28,20 @@ PRIOR_FILE = "prior_T1w.npz"
 @dataclass(frozen=True, eq=False)
 class Prior:
     """The template on its box (0-1 intensities) and its modes, one standard deviation each:
-    ``appearance_modes`` (modes x box) and ``shape_modes`` (modes x box x 3, displacements in
-    RAS mm from the template to a head)."""
+    ``appearance_modes`` (modes x box) and ``shape_modes`` (modes x sub-grid x 3,
+    displacements in RAS mm from the template to a head, on every ``shape_stride``-th voxel
+    of the box: they are smooth). A seed draws its coefficients as standard normal amounts
+    times ``draw_scale``."""
 
     template: np.ndarray
     appearance_modes: np.ndarray
     shape_modes: np.ndarray
     box: FaceBox
+    shape_stride: int = 1
+    draw_scale: float = 1.0
+    #: the file's name and checksum, which outputs record
+    name: str = PRIOR_FILE
+    sha256: str = ""
 
     @property
     def affine(self) -> np.ndarray:
@@ -64,11 +71,24 @@ def load_prior(path: str | Path | None = None) -> Prior:
         box = FaceBox.from_dict(json.loads(str(stored["box"])))
         template = stored["template"].astype(np.float32)
         stride = int(stored["shape_stride"]) if "shape_stride" in stored.files else 1
-        shape = full_grid(stored["shape_modes"].astype(np.float32), box.shape, stride)
         # ITK writes displacements in LPS: the first two components change sign for RAS
-        shape *= np.array([-1.0, -1.0, 1.0], np.float32)
-        return Prior(template=template, appearance_modes=stored["appearance_modes"].astype(
-            np.float32), shape_modes=shape, box=box)
+        shape = dequantised(stored, "shape") * np.array([-1.0, -1.0, 1.0], np.float32)
+        scale = float(stored["draw_scale"]) if "draw_scale" in stored.files else 1.0
+        from ..resume import file_sha256
+
+        return Prior(template=template, appearance_modes=dequantised(stored, "appearance"),
+                     shape_modes=shape, box=box, shape_stride=stride, draw_scale=scale,
+                     name=path.name, sha256=file_sha256(path))
+
+
+def dequantised(stored, kind: str) -> np.ndarray:
+    """``{kind}_modes`` as float32: int8 times ``{kind}_scale`` (one per mode), or as
+    stored (float16, the first prior file)."""
+    modes = stored[f"{kind}_modes"].astype(np.float32)
+    if f"{kind}_scale" in stored.files:
+        scale = stored[f"{kind}_scale"].astype(np.float32)
+        modes *= scale.reshape((-1,) + (1,) * (modes.ndim - 1))
+    return modes
 
 
 def full_grid(modes: np.ndarray, shape: tuple, stride: int) -> np.ndarray:
@@ -87,17 +107,21 @@ def full_grid(modes: np.ndarray, shape: tuple, stride: int) -> np.ndarray:
                      for mode in modes]).astype(np.float32)
 
 
-def drawn_head(prior: Prior, seed: int | None, scale: float = 1.0) -> np.ndarray:
+def drawn_head(prior: Prior, seed: int | None, scale: float | None = None) -> np.ndarray:
     """A head on the prior's box: the template when ``seed`` is None, else the template with
-    seeded appearance and shape coefficients (standard normal times ``scale``) added, warped by
-    the drawn displacement and sampled once (trilinear)."""
+    seeded appearance and shape coefficients (standard normal times ``scale``, by default the
+    prior's ``draw_scale``) added, warped by the drawn displacement and sampled once
+    (trilinear)."""
     if seed is None:
         return prior.template
+    scale = prior.draw_scale if scale is None else scale
     rng = np.random.default_rng(seed)
     appearance = rng.standard_normal(len(prior.appearance_modes)) * scale
     shape = rng.standard_normal(len(prior.shape_modes)) * scale
     values = prior.template + np.tensordot(appearance, prior.appearance_modes, axes=1)
-    shift_mm = np.tensordot(shape, prior.shape_modes, axes=1)
+    # the modes are linear: combined on their sub-grid, then carried to the box once
+    shift_mm = full_grid(np.tensordot(shape, prior.shape_modes, axes=1)[None], prior.box.shape,
+                         prior.shape_stride)[0]
     grid = np.indices(prior.box.shape, dtype=np.float32)
     coords = grid + np.moveaxis(shift_mm, -1, 0) / prior.box.spacing
     return ndimage.map_coordinates(values, coords, order=1, mode="nearest").astype(np.float32)
@@ -113,9 +137,54 @@ def in_box(box: FaceBox, matrix: np.ndarray, affine: np.ndarray,
     return np.all((coords >= 0) & (coords <= np.array(box.shape)[:, None] - 1), axis=0)
 
 
+#: Width (mm) of the band inside the mask over which the drawn head joins the kept head.
+JOIN_MM = 6.0
+#: Standard deviation (mm) of the Gaussian that carries the kept head's intensities into the
+#: band.
+JOIN_SIGMA_MM = 2.0
+
+
+def join_smoothly(values: np.ndarray, data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                  width_mm: float = JOIN_MM, sigma_mm: float = JOIN_SIGMA_MM) -> np.ndarray:
+    """The region's new values (mask order) blended, over the ``width_mm`` next to the kept
+    head, with the kept head's intensities carried into the mask (a Gaussian average of the
+    voxels outside it), from all kept at the border to all new ``width_mm`` inside: no step
+    at the mask's border. Only voxels outside the mask are read from ``data``.
+
+    >>> data = np.zeros((20, 1, 1), np.float32); data[:10] = 10.0
+    >>> mask = np.zeros(data.shape, bool); mask[10:] = True
+    >>> new = join_smoothly(np.zeros(10, np.float32), data, mask, np.eye(4), 4.0, 1.0)
+    >>> [round(float(v), 1) for v in new[:6]]
+    [8.8, 6.2, 3.8, 1.2, 0.0, 0.0]
+    """
+    from .space import mask_box
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    pad = int(np.ceil((width_mm + 3 * sigma_mm) / zooms.min()))
+    box = mask_box(mask, pad=pad)
+    if box is None:
+        return values
+    sub_mask = mask[box]
+    kept = (~sub_mask).astype(np.float32)
+    if not kept.any():
+        return values
+    sigma = sigma_mm / zooms
+    weight = ndimage.gaussian_filter(kept, sigma, mode="nearest")
+    smoothed = ndimage.gaussian_filter(np.where(sub_mask, 0.0, data[box]).astype(np.float32),
+                                       sigma, mode="nearest") / np.maximum(weight, 1e-6)
+    # each masked voxel takes the smoothed kept intensity of its nearest kept voxel
+    depth, nearest = ndimage.distance_transform_edt(sub_mask, sampling=zooms,
+                                                    return_indices=True)
+    carried = smoothed[tuple(index[sub_mask] for index in nearest)]
+    new = np.clip((depth[sub_mask] - zooms.min() / 2) / width_mm, 0.0, 1.0).astype(np.float32)
+    return (new * values + (1.0 - new) * carried).astype(np.float32)
+
+
 def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: np.ndarray,
                       out_file: str | Path, *, prior: Prior | None = None,
-                      seed: int | None = None) -> tuple[Path, dict]:
+                      seed: int | None = None, noise_seed: int | None = None,
+                      join_mm: float = JOIN_MM, scale: float | None = None,
+                      ) -> tuple[Path, dict]:
     """Reface a defaced image with the prior's head (the template itself unless ``seed``),
     carried through the registration and matched to the image's intensities; returns the
     written path and figures. Where the region reaches beyond the prior's box (below the
@@ -127,7 +196,8 @@ def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: n
     from .template_face import matched_template_face
 
     prior = prior or load_prior()
-    head = replace(prior, template=drawn_head(prior, seed))
+    scale = prior.draw_scale if scale is None else scale
+    head = replace(prior, template=drawn_head(prior, seed, scale))
 
     share = []
 
@@ -137,8 +207,11 @@ def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: n
         share.append(float(inside.mean()))
         if not inside.all():
             filled[~inside] = matched_template_face(data, affine, matrix, mask)[~inside]
-        return filled
+        return join_smoothly(filled, data, mask, affine, join_mm) if join_mm > 0 else filled
 
-    path, info = fill_face(defaced_file, mask_file, values, out_file, "refaced (prior)")
-    return path, {"reface_method": "prior", "reface_prior_seed": seed,
+    path, info = fill_face(defaced_file, mask_file, values, out_file, "refaced (prior)",
+                           noise_seed=noise_seed)
+    return path, {"reface_method": "prior", "model": prior.name, "model_sha256": prior.sha256,
+                  "seed": seed, "noise_seed": noise_seed, "join_mm": join_mm,
+                  "draw_scale": scale,
                   "reface_prior_share": round(share[0], 4), **info}

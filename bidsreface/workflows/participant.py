@@ -51,7 +51,7 @@ def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
     """How an image is refaced: ``(method, model file)``; ``none`` means defaced only.
 
     T1w follows ``--reface``; another contrast is refaced only by a model installed for it
-    (the template's face and the packaged model are T1w).
+    (the template's face, the prior and the packaged model are T1w).
 
     >>> from pathlib import Path
     >>> s = Settings(bids_dir=Path("/d"), output_dir=Path("/o"), analysis_level="participant",
@@ -64,8 +64,8 @@ def reface_plan(image: AnatImage, settings: Settings) -> tuple[str, str | None]:
     if settings.reface == "none":
         return "none", None
     if image.suffix == REFERENCE_SUFFIX:
-        if settings.reface == "template":
-            return "template", None
+        if settings.reface in ("template", "prior"):
+            return settings.reface, None
         model = settings.reface_model
     else:
         from ..reface.weights import packaged_model_path
