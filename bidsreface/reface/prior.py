@@ -146,21 +146,22 @@ JOIN_SIGMA_MM = 2.0
 
 def join_smoothly(values: np.ndarray, data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
                   width_mm: float = JOIN_MM, sigma_mm: float = JOIN_SIGMA_MM) -> np.ndarray:
-    """The region's new values (mask order) blended, over the ``width_mm`` next to the kept
-    head, with the kept head's intensities carried into the mask (a Gaussian average of the
-    voxels outside it), from all kept at the border to all new ``width_mm`` inside: no step
-    at the mask's border. Only voxels outside the mask are read from ``data``.
+    """The region's new values (mask order) blended with the kept head's intensities carried
+    into the mask (a Gaussian average of the voxels outside it, ``sigma_mm``): mostly kept at
+    the border, all new about ``width_mm`` inside (the blend is twice the share of kept voxels
+    under a Gaussian of ``width_mm`` / 2.5): no step at the mask's border. Only voxels outside
+    the mask are read from ``data``; Gaussian filters only, on the mask's box.
 
-    >>> data = np.zeros((20, 1, 1), np.float32); data[:10] = 10.0
+    >>> data = np.zeros((30, 1, 1), np.float32); data[:10] = 10.0
     >>> mask = np.zeros(data.shape, bool); mask[10:] = True
-    >>> new = join_smoothly(np.zeros(10, np.float32), data, mask, np.eye(4), 4.0, 1.0)
+    >>> new = join_smoothly(np.zeros(20, np.float32), data, mask, np.eye(4), 4.0, 1.0)
     >>> [round(float(v), 1) for v in new[:6]]
-    [8.8, 6.2, 3.8, 1.2, 0.0, 0.0]
+    [7.5, 3.4, 1.1, 0.3, 0.0, 0.0]
     """
     from .space import mask_box
 
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    pad = int(np.ceil((width_mm + 3 * sigma_mm) / zooms.min()))
+    pad = int(np.ceil(max(width_mm, 3 * sigma_mm) / zooms.min())) + 1
     box = mask_box(mask, pad=pad)
     if box is None:
         return values
@@ -168,16 +169,13 @@ def join_smoothly(values: np.ndarray, data: np.ndarray, mask: np.ndarray, affine
     kept = (~sub_mask).astype(np.float32)
     if not kept.any():
         return values
-    sigma = sigma_mm / zooms
-    weight = ndimage.gaussian_filter(kept, sigma, mode="nearest")
-    smoothed = ndimage.gaussian_filter(np.where(sub_mask, 0.0, data[box]).astype(np.float32),
-                                       sigma, mode="nearest") / np.maximum(weight, 1e-6)
-    # each masked voxel takes the smoothed kept intensity of its nearest kept voxel
-    depth, nearest = ndimage.distance_transform_edt(sub_mask, sampling=zooms,
-                                                    return_indices=True)
-    carried = smoothed[tuple(index[sub_mask] for index in nearest)]
-    new = np.clip((depth[sub_mask] - zooms.min() / 2) / width_mm, 0.0, 1.0).astype(np.float32)
-    return (new * values + (1.0 - new) * carried).astype(np.float32)
+    near = 2.0 * ndimage.gaussian_filter(kept, width_mm / 2.5 / zooms, mode="nearest")
+    blend = np.clip(near[sub_mask], 0.0, 1.0)
+    weight = ndimage.gaussian_filter(kept, sigma_mm / zooms, mode="nearest")[sub_mask]
+    carried = ndimage.gaussian_filter(kept * data[box], sigma_mm / zooms,
+                                      mode="nearest")[sub_mask] / np.maximum(weight, 1e-6)
+    blend = np.where(weight > 1e-4, blend, 0.0).astype(np.float32)
+    return ((1.0 - blend) * values + blend * carried).astype(np.float32)
 
 
 def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: np.ndarray,
@@ -193,7 +191,8 @@ def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: n
     from dataclasses import replace
 
     from .infer import fill_face
-    from .template_face import matched_template_face
+    from .space import crop_affine, mask_box
+    from .template_face import SHELL_MM, matched_template_face, shell_around
 
     prior = prior or load_prior()
     scale = prior.draw_scale if scale is None else scale
@@ -202,11 +201,20 @@ def prior_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: n
     share = []
 
     def values(data, affine, mask, background):
-        filled = matched_template_face(data, affine, matrix, mask, template=head)
+        # everything below reads the mask and a shell around it: the mask's box is enough
+        # (its voxels keep their order)
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        crop = mask_box(mask, pad=int(np.ceil(max(SHELL_MM, join_mm) / zooms.min())) + 2)
+        data, mask, affine = data[crop], mask[crop], crop_affine(affine, crop)
+        shell = shell_around(mask, affine)
+        filled = matched_template_face(data, affine, matrix, mask, template=head, shell=shell)
         inside = in_box(head.box, matrix, affine, mask)
         share.append(float(inside.mean()))
         if not inside.all():
-            filled[~inside] = matched_template_face(data, affine, matrix, mask)[~inside]
+            outside = mask.copy()
+            outside[mask] = ~inside
+            filled[~inside] = matched_template_face(data, affine, matrix, mask,
+                                                    at=outside, shell=shell)
         return join_smoothly(filled, data, mask, affine, join_mm) if join_mm > 0 else filled
 
     path, info = fill_face(defaced_file, mask_file, values, out_file, "refaced (prior)",

@@ -27,11 +27,9 @@ def _template_values(template: Template, matrix: np.ndarray, affine: np.ndarray,
     return ndimage.map_coordinates(template.t1w, coords, order=1, mode="constant", cval=0.0)
 
 
-def matched_template_face(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
-                          mask: np.ndarray, template: Template | None = None) -> np.ndarray:
-    """New intensities for the mask's voxels: the template's, quantile-matched to the image
-    in a shell around the mask (head and air alike)."""
-    template = template or load_template()
+def shell_around(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The voxels within about :data:`SHELL_MM` outside ``mask`` (a dilation by that many
+    voxels of the finest axis)."""
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
     radius = max(1, int(round(SHELL_MM / spacing.min())))
     idx = np.argwhere(mask)
@@ -40,12 +38,24 @@ def matched_template_face(data: np.ndarray, affine: np.ndarray, matrix: np.ndarr
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     shell = np.zeros(mask.shape, bool)
     shell[box] = ndimage.binary_dilation(mask[box], iterations=radius) & ~mask[box]
+    return shell
+
+
+def matched_template_face(data: np.ndarray, affine: np.ndarray, matrix: np.ndarray,
+                          mask: np.ndarray, template: Template | None = None,
+                          at: np.ndarray | None = None,
+                          shell: np.ndarray | None = None) -> np.ndarray:
+    """New intensities for the mask's voxels (or for the voxels ``at``, part of the mask): the
+    template's, quantile-matched to the image in a shell around the mask (head and air
+    alike; :func:`shell_around` unless given)."""
+    template = template or load_template()
+    shell = shell_around(mask, affine) if shell is None else shell
     image_q = np.percentile(data[shell], QUANTILES)
     template_q = np.percentile(_template_values(template, matrix, affine, shell), QUANTILES)
     # ties in the template's quantiles (its air is flat) would make np.interp undefined
     template_q = np.maximum.accumulate(template_q + np.arange(len(QUANTILES)) * 1e-6)
-    return np.interp(_template_values(template, matrix, affine, mask), template_q,
-                     image_q).astype(np.float32)
+    return np.interp(_template_values(template, matrix, affine, mask if at is None else at),
+                     template_q, image_q).astype(np.float32)
 
 
 def template_reface_file(defaced_file: str | Path, mask_file: str | Path, matrix: np.ndarray,
