@@ -86,8 +86,8 @@ def check_dataset(root: str | Path, *, nprocs: int = 1, keep_renders: bool = Fal
     dataset_claim = dataset_claims_deidentified(root)
     renders = {}
     for verdict in verdicts:
-        claim = image_claim(root, verdict.path, dataset_claim) if verdict.verdict == "face" \
-            else ""
+        claim = image_claim(root, verdict.path, dataset_claim) \
+            if verdict.verdict in ("face", "face-remnant") else ""
         findings.append(image_finding(verdict, claim))
         if verdict.render is not None:
             renders[verdict.path] = verdict.render
