@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/check.py [HEADS] [--nprocs 2] [--limit N] [--deface weak|none]
-                               [--shift-mm X,Y,Z] [--validation] [--reference]
+                               [--shift-mm X,Y,Z] [--validation] [--remnants] [--reference]
 
 The heads (145 IXI T1w at 2 mm, ``ixi/``; the 7 scans of two more people at 0.88 to 2 mm,
 ``other/``) become a BIDS dataset in a temporary folder (removed afterwards): ``sub-<IXI id>``
@@ -237,6 +237,9 @@ def main(argv=None) -> int:
     parser.add_argument("--deface", choices=("none", "weak"), default="none")
     parser.add_argument("--shift-mm", default="0,0,15",
                         help="RAS shift of the weak registration (default: %(default)s)")
+    parser.add_argument("--remnants", action="store_true",
+                        help="also score heads with no whole face for a face left in part "
+                             "(bidsreface-check --remnants)")
     parser.add_argument("--validation", action="store_true",
                         help="only the validation people of the packaged models (the remnant "
                              "model never saw them)")
@@ -257,13 +260,15 @@ def main(argv=None) -> int:
         started = time.monotonic()
         load = os.getloadavg()[0]
         with PeakMemory() as memory:
-            result = check_dataset(root, nprocs=args.nprocs,
+            result = check_dataset(root, nprocs=args.nprocs, remnants=args.remnants,
                                    on_image=lambda v: cpu.append((v.path, v.cpu_s)))
         seconds = time.monotonic() - started
         load = max(load, os.getloadavg()[0])
     images = [f for f in result.findings if f.file in sources and f.kind in IMAGE_KINDS]
     verdicts = Counter(f.kind for f in images)
     print(f"dataset: {len(sources)} images ({args.deface} deface"
+          + (", validation people" if args.validation else "")
+          + (", face remnants scored" if args.remnants else "")
           + (f", shift {args.shift_mm} mm" if args.deface == "weak" else "")
           + f"), built in {built:.0f} s")
     print(f"check: {seconds:.1f} s on {args.nprocs} processes: "

@@ -358,18 +358,20 @@ def test_weak_defacing_is_a_remnant(weak_and_proper):
 
     assert weak_and_proper["left"] > 0.1  # the mask moved: part of the face is kept
     work = weak_and_proper["work"]
-    weak = check_image(weak_and_proper["weak"], work)
+    assert check_image(weak_and_proper["weak"], work).verdict == "no-face"  # not asked for
+    weak = check_image(weak_and_proper["weak"], work, remnants=True)
     assert weak.verdict == "face-remnant", weak
     assert weak.score > packaged_model().threshold
     assert weak.evidence.startswith("part of a face left: remnant score")
-    proper = check_image(weak_and_proper["proper"], work)
+    proper = check_image(weak_and_proper["proper"], work, remnants=True)
     assert proper.verdict == "no-face", proper
     assert "remnant score" in proper.reason
 
 
 def test_remnant_in_deidentified_dataset(weak_and_proper, tmp_path):
-    """A face left in part in an image the dataset says is de-identified is the worst
-    finding, named first, exit 1; without the claim it is a ``face-remnant``, exit 1."""
+    """With ``--remnants``, a face left in part in an image the dataset says is
+    de-identified is the worst finding, named first, exit 1; without the claim it is a
+    ``face-remnant``, exit 1. The export's own check does not score remnants."""
     for name, method in (("claimed", "defaced"), ("plain", None)):
         root = tmp_path / name
         if method:
@@ -379,13 +381,13 @@ def test_remnant_in_deidentified_dataset(weak_and_proper, tmp_path):
                   nb.load(weak_and_proper["weak"]).affine, root / "sub-01/anat/sub-01_T1w.nii.gz")
             _json(root / "dataset_description.json", {"Name": "x", "BIDSVersion": "1.9.0"})
         out = tmp_path / f"{name}-answer"
-        assert main([str(root), "--out", str(out), "--nprocs", "1"]) == 1
+        assert main([str(root), "--out", str(out), "--nprocs", "1", "--remnants"]) == 1
         rows = _rows(out)
         expected = "face-in-deidentified" if method else "face-remnant"
         assert rows[0]["kind"] == expected and rows[0]["severity"] == "identifying", rows[0]
         assert rows[0]["file"] == "sub-01/anat/sub-01_T1w.nii.gz"
         assert "part of a face left" in rows[0]["evidence"]
-    assert any("face-in-deidentified" in p for p in verify_export(tmp_path / "claimed"))
+    assert verify_export(tmp_path / "claimed") == []  # the export's check does not score them
 
 
 def test_remnant_model_round_trip(tmp_path):

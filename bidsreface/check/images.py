@@ -5,9 +5,11 @@ the front, turned both ways about the vertical axis, and from the side, as the
 re-identification audit renders heads (:mod:`bidsreface.qc.render`, :mod:`bidsreface.qc.faces`).
 Two views tilted from above and below follow. The first view in which a face is found
 decides; an image with no face in any view is ``no-face``, or ``not-a-head`` when there is no
-head to see (see :func:`check_image`). A head with no whole face is scored on the same renders
-for a face partly left by a weak defacing (:mod:`bidsreface.check.remnant`): above the
-model's threshold it is ``face-remnant``.
+head to see (see :func:`check_image`). When asked for (``bidsreface-check --remnants``), a head
+with no whole face is scored on the same renders for a face partly left by a weak defacing
+(:mod:`bidsreface.check.remnant`): above the model's threshold it is ``face-remnant``. It is
+not asked for by default, nor by the export's own check: the model flags some properly
+defaced heads (see ``docs/check.md``).
 
 Renders stay in memory; one is returned (as PNG bytes) only when asked for, and only for an
 image in which a face was found.
@@ -202,8 +204,8 @@ def find_face(data: np.ndarray, affine: np.ndarray, *, keep_render: bool = False
     return None
 
 
-def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
-                ) -> ImageVerdict:
+def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False,
+                remnants: bool = False) -> ImageVerdict:
     """The verdict of one image (*path* under the dataset *root*).
 
     ``not-present``
@@ -217,10 +219,12 @@ def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
         under :data:`MIN_FOV_MM` along an axis, or a head outline under :data:`MIN_HEAD_ML`
         (a skull-stripped brain, a slab, an empty first volume of a series).
     ``face-remnant``
-        A head with no whole face in any view, whose renders score above the remnant model's
-        threshold (:func:`bidsreface.check.remnant.remnant_score`): part of a face is left.
+        Only with *remnants*: a head with no whole face in any view, whose renders score above
+        the remnant model's threshold (:func:`bidsreface.check.remnant.remnant_score`): part
+        of a face is left.
     ``no-face``
-        A head, and no face in any view (nor part of one); the reason gives its remnant score.
+        A head, and no face in any view (with *remnants*: nor part of one; the reason gives
+        its remnant score).
     """
     path, root = Path(path), Path(root)
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -255,6 +259,9 @@ def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
             f"head outline of {outline:.0f} ml, under {MIN_HEAD_ML:.0f} ml: a brain without "
             "its skull or part of a head")
         return ImageVerdict(rel, "not-a-head", reason=f"{which}: {what}", volumes=volumes)
+    if not remnants:
+        return ImageVerdict(rel, "no-face", reason=f"no face in {len(VIEWS)} views",
+                            volumes=volumes)
     from ..qc.render import png_bytes
     from .remnant import packaged_model, reduce, remnant_score
 
@@ -276,10 +283,10 @@ def _check_one(args) -> ImageVerdict:
     import dataclasses
     import time
 
-    path, root, keep_render = args
+    path, root, keep_render, remnants = args
     start = time.process_time()
     try:
-        verdict = check_image(path, root, keep_render=keep_render)
+        verdict = check_image(path, root, keep_render=keep_render, remnants=remnants)
     except (ValueError, RuntimeError, MemoryError, OSError) as exc:
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         verdict = ImageVerdict(rel, "unreadable", reason=f"could not be checked: {_short(exc)}")
@@ -287,14 +294,14 @@ def _check_one(args) -> ImageVerdict:
 
 
 def check_images(paths: list[Path], root: Path, *, nprocs: int = 1, keep_render: bool = False,
-                 on_result=None) -> list[ImageVerdict]:
+                 on_result=None, remnants: bool = False) -> list[ImageVerdict]:
     """Verdicts of *paths* (in their order), on *nprocs* processes.
 
     The processes are started by ``forkserver`` (``spawn`` where there is none), never by
     ``fork``: dlib's models and threads do not survive a fork (see
     :mod:`bidsreface.cli.run`). *on_result* is called with each verdict as it comes.
     """
-    jobs = [(Path(p), Path(root), keep_render) for p in paths]
+    jobs = [(Path(p), Path(root), keep_render, remnants) for p in paths]
     results: dict[int, ImageVerdict] = {}
     if nprocs <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):

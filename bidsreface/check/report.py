@@ -53,8 +53,8 @@ def image_finding(verdict: ImageVerdict, claim: str) -> Finding:
 
     >>> from .images import ImageVerdict
     >>> remnant = ImageVerdict("a.nii", "face-remnant", 0.9, "frontal", "threshold 0.50")
-    >>> image_finding(remnant, "deidentified").kind, image_finding(remnant, "").kind
-    ('face-in-deidentified', 'face-remnant')
+    >>> [image_finding(remnant, claim).kind for claim in ("deidentified", "refaced", "")]
+    ['face-in-deidentified', 'generated-face', 'face-remnant']
     """
     kind = verdict.verdict
     if kind in ("face", "face-remnant") and claim:
