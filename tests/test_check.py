@@ -402,3 +402,17 @@ def test_remnant_model_round_trip(tmp_path):
     towards = model.mean + model.scale * np.sign(model.weights)
     away = model.mean - model.scale * np.sign(model.weights)
     assert model.score(towards)[0] > 0.99 and model.score(away)[0] < 0.01
+
+
+def test_remnant_model_people(shared_heads):
+    """The packaged remnant model was fitted on training people only (the refacing model's
+    split): none of its people is a validation person."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from build_model import person_of, split_people
+
+    summary = json.loads((Path(__file__).resolve().parents[1] / "bidsreface" / "data" / "models"
+                          / "remnant.json").read_text())
+    training, validation = split_people(shared_heads)
+    held = {person_of(p) for p in validation}
+    assert summary["training_people"] and not set(summary["training_people"]) & held
+    assert set(summary["training_people"]) <= {person_of(p) for p in training}
