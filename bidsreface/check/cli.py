@@ -1,4 +1,4 @@
-"""``bidsreface-check DATASET [--out DIR] [--nprocs N] [--show-faces]``.
+"""``bidsreface-check DATASET [--out DIR] [--nprocs N] [--show-faces] [--remnants]``.
 
 Exit codes: 0 nothing identifying was found and every file was checked, 1 something
 identifying was found (or some file could not be checked: nothing says it is safe), 2 usage
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--show-faces", action="store_true",
                         help="put the render of each face found in check.html (identifying: "
                         "do not share the page)")
+    parser.add_argument("--remnants", action="store_true",
+                        help="also flag heads in which part of a face is left (a weak "
+                        "defacing: face-remnant); it flags some properly defaced heads too")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(progress_line(done, total, verdict), file=sys.stderr, flush=True)
 
     result = check_dataset(dataset, nprocs=args.nprocs, keep_renders=args.show_faces,
-                           on_image=on_image)
+                           on_image=on_image, remnants=args.remnants)
     tsv, page = write_answer(out, dataset, result.findings, images=result.images,
                              files=result.files,
                              renders=result.renders if args.show_faces else None)

@@ -5,7 +5,11 @@ the front, turned both ways about the vertical axis, and from the side, as the
 re-identification audit renders heads (:mod:`bidsreface.qc.render`, :mod:`bidsreface.qc.faces`).
 Two views tilted from above and below follow. The first view in which a face is found
 decides; an image with no face in any view is ``no-face``, or ``not-a-head`` when there is no
-head to see (see :func:`check_image`).
+head to see (see :func:`check_image`). When asked for (``bidsreface-check --remnants``), a head
+with no whole face is scored on the same renders for a face partly left by a weak defacing
+(:mod:`bidsreface.check.remnant`): above the model's threshold it is ``face-remnant``. It is
+not asked for by default, nor by the export's own check: the model flags some properly
+defaced heads (see ``docs/check.md``).
 
 Renders stay in memory; one is returned (as PNG bytes) only when asked for, and only for an
 image in which a face was found.
@@ -47,17 +51,18 @@ MIN_HEAD_ML = 1800.0
 #: Spacing (mm) of the grid the head's outline is measured on.
 OUTLINE_MM = 3.0
 
-VERDICTS = ("face", "no-face", "not-a-head", "unreadable", "not-present")
+VERDICTS = ("face", "face-remnant", "no-face", "not-a-head", "unreadable", "not-present")
 
 
 @dataclass(frozen=True)
 class ImageVerdict:
     """The check's answer for one image.
 
-    ``score`` and ``view``: the best face's (``face`` only); ``reason``: why an image is
-    ``not-a-head``, ``unreadable`` or ``not-present`` (empty otherwise); ``render``: the PNG
-    of the view the face was found in, only when asked for; ``cpu_s``: the CPU seconds its
-    check took.
+    ``score`` and ``view``: the best face's (``face``), or the remnant score and the view
+    that says most of it (``face-remnant``); ``reason``: why an image is ``not-a-head``,
+    ``unreadable`` or ``not-present``, what a ``face-remnant`` is, the remnant score of a
+    ``no-face`` (empty otherwise); ``render``: the PNG of the view the face was found in, only
+    when asked for; ``cpu_s``: the CPU seconds its check took.
     """
 
     path: str
@@ -75,9 +80,14 @@ class ImageVerdict:
 
         >>> ImageVerdict("a.nii", "face", 1.02, "frontal").evidence
         'score 1.02, frontal'
+        >>> ImageVerdict("a.nii", "face-remnant", 0.91, "profile", "threshold 0.50").evidence
+        'part of a face left: remnant score 0.91 (threshold 0.50), profile'
         """
         if self.verdict == "face":
             return f"score {self.score:.2f}, {self.view}"
+        if self.verdict == "face-remnant":
+            return f"part of a face left: remnant score {self.score:.2f} ({self.reason}), " \
+                f"{self.view}"
         return self.reason
 
 
@@ -156,26 +166,46 @@ def view_matrix(turn: float, tilt: float) -> np.ndarray:
     return turned(np.eye(4), turn) @ pitch
 
 
-def find_face(data: np.ndarray, affine: np.ndarray, *, keep_render: bool = False):
-    """The first view (of :data:`VIEWS`) in which a face is found: ``(score, view, png)``,
-    or None. Views that cannot be rendered (no head/air boundary) are passed over."""
-    from ..qc.faces import detect_faces
-    from ..qc.render import png_bytes, render_head
+def view_render(data: np.ndarray, affine: np.ndarray, view: tuple) -> np.ndarray | None:
+    """The render of one view (an entry of :data:`VIEWS`), or None when it cannot be rendered
+    (no head/air boundary)."""
+    from ..qc.render import render_head
 
-    for name, view, turn, tilt in VIEWS:
-        matrix = view_matrix(turn, tilt) if turn or tilt else None
-        try:
-            render = render_head(data, affine, view=view, size=RENDER_SIZE, matrix=matrix)
-        except ValueError:
+    _, kind, turn, tilt = view
+    matrix = view_matrix(turn, tilt) if turn or tilt else None
+    try:
+        return render_head(data, affine, view=kind, size=RENDER_SIZE, matrix=matrix)
+    except ValueError:
+        return None
+
+
+def view_renders(data: np.ndarray, affine: np.ndarray) -> list[np.ndarray | None]:
+    """The render of every view of :data:`VIEWS` (None where one cannot be rendered)."""
+    return [view_render(data, affine, view) for view in VIEWS]
+
+
+def find_face(data: np.ndarray, affine: np.ndarray, *, keep_render: bool = False,
+              renders: list | None = None):
+    """The first view (of :data:`VIEWS`) in which a face is found: ``(score, view, png)``,
+    or None. Views that cannot be rendered (no head/air boundary) are passed over. Each
+    render made is appended to *renders* (None for a view that cannot be rendered)."""
+    from ..qc.faces import detect_faces
+    from ..qc.render import png_bytes
+
+    for view in VIEWS:
+        render = view_render(data, affine, view)
+        if renders is not None:
+            renders.append(render)
+        if render is None:
             continue
         found = [d for d in detect_faces(render) if d.score > MIN_SCORE]
         if found:
-            return found[0].score, name, png_bytes(render) if keep_render else None
+            return found[0].score, view[0], png_bytes(render) if keep_render else None
     return None
 
 
-def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
-                ) -> ImageVerdict:
+def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False,
+                remnants: bool = False) -> ImageVerdict:
     """The verdict of one image (*path* under the dataset *root*).
 
     ``not-present``
@@ -188,8 +218,13 @@ def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
         No face, and no head to show one: a 2D image, a constant volume, a field of view
         under :data:`MIN_FOV_MM` along an axis, or a head outline under :data:`MIN_HEAD_ML`
         (a skull-stripped brain, a slab, an empty first volume of a series).
+    ``face-remnant``
+        Only with *remnants*: a head with no whole face in any view, whose renders score above
+        the remnant model's threshold (:func:`bidsreface.check.remnant.remnant_score`): part
+        of a face is left.
     ``no-face``
-        A head, and no face in any view.
+        A head, and no face in any view (with *remnants*: nor part of one; the reason gives
+        its remnant score).
     """
     path, root = Path(path), Path(root)
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -208,7 +243,8 @@ def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
     if min(data.shape) < 2 or float(data.max()) <= float(data.min()):
         return ImageVerdict(rel, "not-a-head", reason=f"{which} is constant: no head outline",
                             volumes=volumes)
-    face = find_face(data, affine, keep_render=keep_render)
+    renders: list = []
+    face = find_face(data, affine, keep_render=keep_render, renders=renders)
     if face is not None:
         return ImageVerdict(rel, "face", score=round(face[0], 3), view=face[1],
                             render=face[2], volumes=volumes)
@@ -223,8 +259,22 @@ def check_image(path: str | Path, root: str | Path, *, keep_render: bool = False
             f"head outline of {outline:.0f} ml, under {MIN_HEAD_ML:.0f} ml: a brain without "
             "its skull or part of a head")
         return ImageVerdict(rel, "not-a-head", reason=f"{which}: {what}", volumes=volumes)
-    return ImageVerdict(rel, "no-face", reason=f"no face in {len(VIEWS)} views",
-                        volumes=volumes)
+    if not remnants:
+        return ImageVerdict(rel, "no-face", reason=f"no face in {len(VIEWS)} views",
+                            volumes=volumes)
+    from ..qc.render import png_bytes
+    from .remnant import packaged_model, reduce, remnant_score
+
+    model = packaged_model()
+    score, view = remnant_score([None if r is None else reduce(r) for r in renders], model)
+    if score > model.threshold:
+        render = renders[[v[0] for v in VIEWS].index(view)]
+        return ImageVerdict(rel, "face-remnant", score=round(score, 3), view=view,
+                            reason=f"threshold {model.threshold:.2f}", volumes=volumes,
+                            render=png_bytes(render) if keep_render and render is not None
+                            else None)
+    return ImageVerdict(rel, "no-face", reason=f"no face in {len(VIEWS)} views (remnant score "
+                        f"{score:.2f}, threshold {model.threshold:.2f})", volumes=volumes)
 
 
 def _check_one(args) -> ImageVerdict:
@@ -233,10 +283,10 @@ def _check_one(args) -> ImageVerdict:
     import dataclasses
     import time
 
-    path, root, keep_render = args
+    path, root, keep_render, remnants = args
     start = time.process_time()
     try:
-        verdict = check_image(path, root, keep_render=keep_render)
+        verdict = check_image(path, root, keep_render=keep_render, remnants=remnants)
     except (ValueError, RuntimeError, MemoryError, OSError) as exc:
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         verdict = ImageVerdict(rel, "unreadable", reason=f"could not be checked: {_short(exc)}")
@@ -244,14 +294,14 @@ def _check_one(args) -> ImageVerdict:
 
 
 def check_images(paths: list[Path], root: Path, *, nprocs: int = 1, keep_render: bool = False,
-                 on_result=None) -> list[ImageVerdict]:
+                 on_result=None, remnants: bool = False) -> list[ImageVerdict]:
     """Verdicts of *paths* (in their order), on *nprocs* processes.
 
     The processes are started by ``forkserver`` (``spawn`` where there is none), never by
     ``fork``: dlib's models and threads do not survive a fork (see
     :mod:`bidsreface.cli.run`). *on_result* is called with each verdict as it comes.
     """
-    jobs = [(Path(p), Path(root), keep_render) for p in paths]
+    jobs = [(Path(p), Path(root), keep_render, remnants) for p in paths]
     results: dict[int, ImageVerdict] = {}
     if nprocs <= 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):

@@ -13,6 +13,7 @@ from .metadata import Finding
 IDENTIFYING = {
     "face-in-deidentified": "faces in images the dataset says are de-identified",
     "face": "images with a face",
+    "face-remnant": "images with part of a face left (a weak defacing)",
     "sidecar-field": "identifying sidecar fields",
     "nifti-extension": "NIfTI header extensions",
     "nifti-text": "identifying NIfTI header text fields",
@@ -46,11 +47,17 @@ def severity(kind: str) -> str:
 
 def image_finding(verdict: ImageVerdict, claim: str) -> Finding:
     """The row of one image's verdict. *claim* is what the dataset says of the image:
-    ``""`` (nothing), ``deidentified`` (a face in it is ``face-in-deidentified``, the worst
-    finding) or ``refaced`` (its face was replaced by a generated one: a face in it is
-    ``generated-face``, expected)."""
+    ``""`` (nothing), ``deidentified`` (a face in it, whole or in part, is
+    ``face-in-deidentified``, the worst finding) or ``refaced`` (its face was replaced by a
+    generated one: a face in it, whole or in part, is ``generated-face``, expected).
+
+    >>> from .images import ImageVerdict
+    >>> remnant = ImageVerdict("a.nii", "face-remnant", 0.9, "frontal", "threshold 0.50")
+    >>> [image_finding(remnant, claim).kind for claim in ("deidentified", "refaced", "")]
+    ['face-in-deidentified', 'generated-face', 'face-remnant']
+    """
     kind = verdict.verdict
-    if kind == "face" and claim:
+    if kind in ("face", "face-remnant") and claim:
         kind = "generated-face" if claim == "refaced" else "face-in-deidentified"
     evidence = verdict.evidence
     if verdict.volumes > 1:
@@ -103,7 +110,8 @@ def html_text(dataset: Path, findings: list[Finding], *, images: int, files: int
     identifying = [f for f in findings if severity(f.kind) == "identifying"]
     faces = []
     for f in findings:
-        if renders and f.kind in ("face", "face-in-deidentified") and f.file in renders:
+        if renders and f.kind in ("face", "face-remnant", "face-in-deidentified") \
+                and f.file in renders:
             faces.append({"file": f.file, "view": f.field, "uri": "data:image/png;base64,"
                           + base64.b64encode(renders[f.file]).decode("ascii")})
     return render_template(
