@@ -162,7 +162,10 @@ def memorisation(heads_dir: Path, prepared: Path, refaced: dict, nprocs: int) ->
     training = [p for p in training if person_of(p).startswith("IXI")]
     cache = prepared / "training"
     cache.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max(1, nprocs)) as pool:
+    import multiprocessing as mp
+
+    # forkserver: a forked child of this process (torch and ITK threads running) can hang
+    with ProcessPoolExecutor(max(1, nprocs), mp_context=mp.get_context("forkserver")) as pool:
         faces = list(pool.map(partial(training_face, cache=cache), training))
     known = [f for f in faces if f is not None]
     between = [embedding_distance(a, b) for a, b in itertools.combinations(known, 2)]
